@@ -1,0 +1,206 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+
+	"github.com/kawase-fx/kawase/eventing/fx"
+)
+
+// Modes: dev mode may fill in generated secrets and local infrastructure; prod mode refuses to.
+const (
+	modeDev  = "dev"
+	modeProd = "prod"
+)
+
+// Defaults of the configuration.
+const (
+	defaultPort          = 8080
+	defaultDevHTTPAddr   = "127.0.0.1:8080"
+	defaultDevGRPCAddr   = "127.0.0.1:9090"
+	defaultKafkaPort     = 9092
+	defaultDataDir       = ".run"
+	defaultLogLevel      = "info"
+	defaultLeaderElector = "postgres"
+)
+
+// config is everything the kawase binary reads from its environment, read once at start-up. Every
+// variable is documented in the README's configuration table.
+type config struct {
+	// Mode is "dev" (kawase dev and its children) or "prod" (KAWASE_MODE).
+	Mode string
+	// Port is the HTTP port of `kawase serve` and `kawase feeder` (PORT, Knative's runtime contract).
+	Port int
+	// HTTPAddr is the single local HTTP listener of `kawase dev` (KAWASE_HTTP_ADDR).
+	HTTPAddr string
+	// GRPCAddr is the local gRPC listener of `kawase dev` (KAWASE_GRPC_ADDR).
+	GRPCAddr string
+	// DatabaseURL points at PostgreSQL (DATABASE_URL); empty in dev mode means a private cluster.
+	DatabaseURL string
+	// KafkaBrokers lists host:port pairs (KAFKA_BROKERS); empty in dev mode means the embedded broker.
+	KafkaBrokers []string
+	// KafkaPort is the embedded broker's port on 127.0.0.1 (KAWASE_KAFKA_PORT).
+	KafkaPort int
+	// DataDir holds the private database, the broker's data and dev.json (KAWASE_DATA_DIR).
+	DataDir string
+	// LogLevel is debug, info, warn or error (KAWASE_LOG_LEVEL).
+	LogLevel string
+	// Pairs are the currency pairs to quote and serve (KAWASE_PAIRS, comma-separated; default all 50).
+	Pairs []fx.Pair
+	// AdminToken authorizes account administration and dead letters (KAWASE_ADMIN_TOKEN).
+	AdminToken string
+	// FIXAddr, FIXUsername and FIXPassword reach the rate provider (KAWASE_FIX_*).
+	FIXAddr, FIXUsername, FIXPassword string
+	// LeaderElection is "postgres" (advisory lock) or "lease" (Kubernetes Lease) (KAWASE_LEADER_ELECTION).
+	LeaderElection string
+	// PodName identifies this replica in leader election (POD_NAME; default the host name).
+	PodName string
+	// ExternalURL is where the relay delivers executions (KAWASE_EXTERNAL_URL).
+	ExternalURL string
+	// RelayHMACSecrets are the active signing secrets, newest first (KAWASE_RELAY_HMAC_SECRETS, comma-separated).
+	RelayHMACSecrets []string
+	// RatesGRPC and LedgerGRPC are the gRPC addresses of the rates and ledger services.
+	RatesGRPC, LedgerGRPC string
+	// TimeScale divides every delivery and retry duration; tests use it to run schedules fast
+	// (KAWASE_TIME_SCALE, a positive integer, default 1).
+	TimeScale int
+}
+
+// envVars are the variables loadConfig knows; any other KAWASE_* variable is a typo and refused.
+var envVars = map[string]bool{
+	"KAWASE_MODE": true, "KAWASE_HTTP_ADDR": true, "KAWASE_GRPC_ADDR": true, "KAWASE_KAFKA_PORT": true,
+	"KAWASE_DATA_DIR": true, "KAWASE_LOG_LEVEL": true, "KAWASE_PAIRS": true, "KAWASE_ADMIN_TOKEN": true,
+	"KAWASE_FIX_ADDR": true, "KAWASE_FIX_USERNAME": true, "KAWASE_FIX_PASSWORD": true,
+	"KAWASE_LEADER_ELECTION": true, "KAWASE_EXTERNAL_URL": true, "KAWASE_RELAY_HMAC_SECRETS": true,
+	"KAWASE_RATES_GRPC": true, "KAWASE_LEDGER_GRPC": true, "KAWASE_TIME_SCALE": true,
+	"KAWASE_URL": true, "KAWASE_TOKEN": true, "KAWASE_REQUIRE_TOOLS": true,
+}
+
+// loadConfig parses the environment (as os.Environ returns it) into a config.
+func loadConfig(environ []string) (config, error) {
+	env := make(map[string]string, len(environ))
+	var errs []error
+	for _, kv := range environ {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
+		if strings.HasPrefix(k, "KAWASE_") && !envVars[k] {
+			errs = append(errs, fmt.Errorf("unknown variable %s", k))
+		}
+	}
+	get := func(k, def string) string {
+		if v, ok := env[k]; ok && v != "" {
+			return v
+		}
+		return def
+	}
+	cfg := config{
+		Mode:           get("KAWASE_MODE", modeProd),
+		HTTPAddr:       get("KAWASE_HTTP_ADDR", defaultDevHTTPAddr),
+		GRPCAddr:       get("KAWASE_GRPC_ADDR", defaultDevGRPCAddr),
+		DatabaseURL:    get("DATABASE_URL", ""),
+		KafkaBrokers:   splitList(get("KAFKA_BROKERS", "")),
+		DataDir:        get("KAWASE_DATA_DIR", defaultDataDir),
+		LogLevel:       get("KAWASE_LOG_LEVEL", defaultLogLevel),
+		AdminToken:     get("KAWASE_ADMIN_TOKEN", ""),
+		FIXAddr:        get("KAWASE_FIX_ADDR", ""),
+		FIXUsername:    get("KAWASE_FIX_USERNAME", ""),
+		FIXPassword:    get("KAWASE_FIX_PASSWORD", ""),
+		LeaderElection: get("KAWASE_LEADER_ELECTION", defaultLeaderElector),
+		PodName:        get("POD_NAME", get("HOSTNAME", "")),
+		ExternalURL:    get("KAWASE_EXTERNAL_URL", ""),
+		RatesGRPC:      get("KAWASE_RATES_GRPC", ""),
+		LedgerGRPC:     get("KAWASE_LEDGER_GRPC", ""),
+	}
+	cfg.RelayHMACSecrets = splitList(get("KAWASE_RELAY_HMAC_SECRETS", ""))
+	var err error
+	if cfg.Port, err = parsePort("PORT", get("PORT", strconv.Itoa(defaultPort))); err != nil {
+		errs = append(errs, err)
+	}
+	if cfg.KafkaPort, err = parsePort("KAWASE_KAFKA_PORT", get("KAWASE_KAFKA_PORT", strconv.Itoa(defaultKafkaPort))); err != nil {
+		errs = append(errs, err)
+	}
+	if cfg.TimeScale, err = strconv.Atoi(get("KAWASE_TIME_SCALE", "1")); err != nil || cfg.TimeScale < 1 {
+		errs = append(errs, fmt.Errorf("KAWASE_TIME_SCALE must be a positive integer, not %q", env["KAWASE_TIME_SCALE"]))
+	}
+	if cfg.Pairs, err = parsePairs(get("KAWASE_PAIRS", "")); err != nil {
+		errs = append(errs, fmt.Errorf("KAWASE_PAIRS: %w", err))
+	}
+	errs = append(errs, cfg.check()...)
+	if err := errors.Join(errs...); err != nil {
+		return config{}, fmt.Errorf("configuration: %w", err)
+	}
+	return cfg, nil
+}
+
+func (c config) check() []error {
+	var errs []error
+	if c.Mode != modeDev && c.Mode != modeProd {
+		errs = append(errs, fmt.Errorf("KAWASE_MODE must be dev or prod, not %q", c.Mode))
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("KAWASE_LOG_LEVEL must be debug, info, warn or error, not %q", c.LogLevel))
+	}
+	if c.LeaderElection != "postgres" && c.LeaderElection != "lease" {
+		errs = append(errs, fmt.Errorf("KAWASE_LEADER_ELECTION must be postgres or lease, not %q", c.LeaderElection))
+	}
+	for _, a := range []struct{ name, addr string }{{"KAWASE_HTTP_ADDR", c.HTTPAddr}, {"KAWASE_GRPC_ADDR", c.GRPCAddr}} {
+		if _, _, err := net.SplitHostPort(a.addr); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", a.name, err))
+		}
+	}
+	return errs
+}
+
+// requireProdSettings refuses to run a production component on dev-mode defaults: outside dev mode
+// the database and the brokers must be given explicitly.
+func (c config) requireProdSettings(component string) error {
+	if c.Mode == modeDev {
+		return nil
+	}
+	var missing []string
+	if c.DatabaseURL == "" {
+		missing = append(missing, "DATABASE_URL")
+	}
+	if len(c.KafkaBrokers) == 0 {
+		missing = append(missing, "KAFKA_BROKERS")
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%s outside dev mode needs %s", component, strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+func parsePort(name, s string) (int, error) {
+	p, err := strconv.Atoi(s)
+	if err != nil || p < 0 || p > 65535 {
+		return 0, fmt.Errorf("%s must be a port number, not %q", name, s)
+	}
+	return p, nil
+}
+
+func parsePairs(s string) ([]fx.Pair, error) {
+	if strings.TrimSpace(s) == "" {
+		specs := fx.Pairs()
+		out := make([]fx.Pair, len(specs))
+		for i, sp := range specs {
+			out[i] = sp.Pair
+		}
+		return out, nil
+	}
+	return fx.ParsePairList(s)
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, part := range strings.Split(s, ",") {
+		if p := strings.TrimSpace(part); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}

@@ -1,0 +1,56 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestLoadConfigDefaults(t *testing.T) {
+	cfg, err := loadConfig(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Mode != modeProd || cfg.Port != 8080 || cfg.KafkaPort != 9092 || cfg.DataDir != ".run" ||
+		len(cfg.Pairs) != 50 || cfg.TimeScale != 1 || cfg.HTTPAddr != "127.0.0.1:8080" {
+		t.Errorf("defaults = %+v", cfg)
+	}
+}
+
+func TestLoadConfigRefusesBadValues(t *testing.T) {
+	cases := map[string]string{
+		"KAWASE_MODE=staging":        "KAWASE_MODE",
+		"PORT=http":                  "PORT",
+		"KAWASE_PAIRS=USD_JPY,XXX":   "KAWASE_PAIRS",
+		"KAWASE_TIME_SCALE=0":        "KAWASE_TIME_SCALE",
+		"KAWASE_LOG_LEVEL=loud":      "KAWASE_LOG_LEVEL",
+		"KAWASE_PARIS=USD_JPY":       "unknown variable KAWASE_PARIS",
+		"KAWASE_LEADER_ELECTION=zk":  "KAWASE_LEADER_ELECTION",
+		"KAWASE_HTTP_ADDR=localhost": "KAWASE_HTTP_ADDR",
+	}
+	for kv, want := range cases {
+		_, err := loadConfig([]string{kv})
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: err = %v, want it to mention %s", kv, err, want)
+		}
+	}
+}
+
+func TestProdRefusesDevDefaults(t *testing.T) {
+	cfg, err := loadConfig([]string{"KAWASE_MODE=prod"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.requireProdSettings("ledger"); err == nil || !strings.Contains(err.Error(), "DATABASE_URL") {
+		t.Errorf("prod without database: %v", err)
+	}
+	cfg, err = loadConfig([]string{"KAWASE_MODE=prod", "DATABASE_URL=postgres://db/kawase", "KAFKA_BROKERS=k1:9092, k2:9092"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.requireProdSettings("ledger"); err != nil {
+		t.Errorf("prod with settings: %v", err)
+	}
+	if len(cfg.KafkaBrokers) != 2 || cfg.KafkaBrokers[1] != "k2:9092" {
+		t.Errorf("brokers = %q", cfg.KafkaBrokers)
+	}
+}

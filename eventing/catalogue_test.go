@@ -1,0 +1,130 @@
+package eventing
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/shopspring/decimal"
+)
+
+func rate() RateV1 {
+	return RateV1{Pair: "USD_JPY", Bid: decimal.RequireFromString("151.420"), Ask: decimal.RequireFromString("151.425"),
+		BidSize: decimal.NewFromInt(1_000_000), AskSize: decimal.NewFromInt(1_000_000),
+		ProviderTime: time.Date(2026, 11, 22, 4, 0, 0, 50_000_000, time.UTC), QuoteID: "17", Epoch: 3, Seq: 9}
+}
+
+func TestRateEventRoundTripAndDeterministicID(t *testing.T) {
+	r := rate()
+	e, err := NewEvent(TypeRate, r.EventID(), &r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Source() != SourceFeeder || PartitionKey(e) != "USD_JPY" || e.DataContentType() != ContentTypeJSON {
+		t.Errorf("event attributes: %s", e)
+	}
+	if string(e.Data()) == "" || !strings.Contains(string(e.Data()), `"bid":"151.42"`) {
+		t.Errorf("prices must be decimal strings: %s", e.Data())
+	}
+	back, err := Decode[RateV1](e, TypeRate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !back.Bid.Equal(r.Bid) || !back.Ask.Equal(r.Ask) || back.QuoteID != "17" || back.Epoch != 3 {
+		t.Errorf("decoded %+v", back)
+	}
+	r2 := rate()
+	r2.Epoch, r2.Seq = 4, 1 // another feeder publishing the same provider quote
+	if r2.EventID() != r.EventID() {
+		t.Errorf("same provider quote, different ids: %s vs %s", r.EventID(), r2.EventID())
+	}
+	if _, err := Decode[OrderResultV1](e, TypeOrderResult); !errors.Is(err, ErrUnknownType) {
+		t.Errorf("decode as wrong type: %v", err)
+	}
+}
+
+func TestRateValidation(t *testing.T) {
+	mutate := map[string]func(*RateV1){
+		"crossed":        func(r *RateV1) { r.Bid, r.Ask = r.Ask, r.Bid },
+		"zero bid":       func(r *RateV1) { r.Bid = decimal.Zero },
+		"too precise":    func(r *RateV1) { r.Ask = decimal.RequireFromString("151.4251") },
+		"unknown pair":   func(r *RateV1) { r.Pair = "USD_XXX" },
+		"no quote id":    func(r *RateV1) { r.QuoteID = "" },
+		"no epoch":       func(r *RateV1) { r.Epoch = 0 },
+		"negative size":  func(r *RateV1) { r.BidSize = decimal.NewFromInt(-1) },
+		"no provider ts": func(r *RateV1) { r.ProviderTime = time.Time{} },
+	}
+	for name, m := range mutate {
+		r := rate()
+		m(&r)
+		if err := r.Validate(); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: Validate = %v, want ErrInvalid", name, err)
+		}
+		if _, err := NewEvent(TypeRate, r.EventID(), &r); err == nil {
+			t.Errorf("%s: NewEvent accepted an invalid rate", name)
+		}
+	}
+}
+
+func TestNewerThan(t *testing.T) {
+	a, b := rate(), rate()
+	b.QuoteID = "18"
+	if !b.NewerThan(&a) || a.NewerThan(&b) || a.NewerThan(&a) {
+		t.Error("quote id order")
+	}
+	b.QuoteID = "9" // numeric, not lexicographic: 9 < 17
+	if b.NewerThan(&a) {
+		t.Error("quote ids must compare numerically")
+	}
+	b.ProviderTime = a.ProviderTime.Add(time.Millisecond)
+	if !b.NewerThan(&a) {
+		t.Error("later provider time must win over quote id")
+	}
+}
+
+func TestOrderCommandValidation(t *testing.T) {
+	price := decimal.RequireFromString("150.000")
+	good := OrderCommandV1{CommandID: "c1", Kind: CommandPlace, AccountID: "a1", OrderID: "o1",
+		Order: &OrderSpec{Pair: "USD_JPY", Side: SideBuy, Units: decimal.NewFromInt(1000), Type: OrderTypeLimit,
+			Price: &price, TimeInForce: TimeInForceGTC}}
+	if err := good.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	bad := map[string]func(*OrderCommandV1){
+		"no account":       func(c *OrderCommandV1) { c.AccountID = "" },
+		"fractional units": func(c *OrderCommandV1) { c.Order.Units = decimal.RequireFromString("0.5") },
+		"side":             func(c *OrderCommandV1) { c.Order.Side = "hold" },
+		"limit no price":   func(c *OrderCommandV1) { c.Order.Price = nil },
+		"market with GTC":  func(c *OrderCommandV1) { c.Order.Type, c.Order.Price = OrderTypeMarket, nil },
+		"GTD no goodTill":  func(c *OrderCommandV1) { c.Order.TimeInForce = TimeInForceGTD },
+		"kind":             func(c *OrderCommandV1) { c.Kind = "explode" },
+	}
+	for name, m := range bad {
+		c := good
+		o := *good.Order
+		c.Order = &o
+		m(&c)
+		if err := c.Validate(); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: Validate = %v, want ErrInvalid", name, err)
+		}
+	}
+}
+
+func TestCatalogueIsComplete(t *testing.T) {
+	topics := map[string]bool{}
+	for _, tp := range Topics() {
+		if tp.Partitions <= 0 || topics[tp.Name] {
+			t.Errorf("topic %+v duplicated or without partitions", tp)
+		}
+		topics[tp.Name] = true
+	}
+	for _, s := range Specs() {
+		if !topics[s.Topic] || s.Source == "" || s.DataSchema == "" || s.New == nil {
+			t.Errorf("spec %s incomplete or on an undeclared topic", s.Type)
+		}
+	}
+	if _, err := Lookup("kawase.nope.v1"); !errors.Is(err, ErrUnknownType) {
+		t.Errorf("Lookup unknown = %v", err)
+	}
+}

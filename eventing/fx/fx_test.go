@@ -1,0 +1,62 @@
+package fx
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/shopspring/decimal"
+)
+
+func TestCatalogueHasFiftyPairsWithPrecision(t *testing.T) {
+	specs := Pairs()
+	if len(specs) != 50 {
+		t.Fatalf("want 50 pairs, have %d", len(specs))
+	}
+	for _, s := range specs {
+		want := int32(5)
+		if s.Quote == "JPY" {
+			want = 3
+		}
+		if s.Precision != want {
+			t.Errorf("%s precision %d, want %d", s.Pair, s.Precision, want)
+		}
+		if err := s.CheckPrice(s.ReferenceMid); err != nil {
+			t.Errorf("%s reference mid: %v", s.Pair, err)
+		}
+	}
+}
+
+func TestCheckPrice(t *testing.T) {
+	usdjpy, err := Lookup("USD_JPY")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		price   string
+		wantErr bool
+	}{
+		{"151.420", false}, {"151.42", false}, {"151.4201", true}, {"0", true}, {"-1.000", true},
+	}
+	for _, c := range cases {
+		err := usdjpy.CheckPrice(decimal.RequireFromString(c.price))
+		if (err != nil) != c.wantErr {
+			t.Errorf("CheckPrice(%s) = %v, wantErr %v", c.price, err, c.wantErr)
+		}
+	}
+	if got := usdjpy.FormatPrice(decimal.RequireFromString("151.4")); got != "151.400" {
+		t.Errorf("FormatPrice = %q", got)
+	}
+}
+
+func TestParsePairList(t *testing.T) {
+	got, err := ParsePairList(" usd_jpy,EUR_USD ")
+	if err != nil || len(got) != 2 || got[0] != "USD_JPY" || got[1] != "EUR_USD" {
+		t.Fatalf("ParsePairList = %v, %v", got, err)
+	}
+	if _, err := ParsePairList("USD_JPY,XXX_YYY"); !errors.Is(err, ErrUnknownPair) {
+		t.Errorf("unknown pair: err = %v", err)
+	}
+	if _, err := ParsePairList("USD_JPY,USD_JPY"); err == nil {
+		t.Error("duplicate pair accepted")
+	}
+}

@@ -1,0 +1,317 @@
+package eventing
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/shopspring/decimal"
+
+	"github.com/kawase-fx/kawase/eventing/fx"
+)
+
+// ErrInvalid marks a payload that fails validation; it can never be accepted, so consumers treat it
+// as permanent.
+var ErrInvalid = errors.New("invalid event payload")
+
+// ErrUnknownType is returned for an event type that is not in the catalogue.
+var ErrUnknownType = errors.New("unknown event type")
+
+func invalidf(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
+}
+
+// RateV1 is one top-of-book quote for a pair, as received by the feeder from the FIX provider.
+type RateV1 struct {
+	Pair    fx.Pair         `json:"pair"`
+	Bid     decimal.Decimal `json:"bid"`
+	Ask     decimal.Decimal `json:"ask"`
+	BidSize decimal.Decimal `json:"bidSize"`
+	AskSize decimal.Decimal `json:"askSize"`
+	// ProviderTime is the provider's MDEntryDate/MDEntryTime of the quote.
+	ProviderTime time.Time `json:"providerTime"`
+	// QuoteID is the provider's QuoteEntryID; it rises per pair.
+	QuoteID string `json:"quoteId"`
+	// Session is the FIX session the quote arrived on (BeginString:Sender->Target).
+	Session string `json:"session"`
+	// MsgSeqNum is the FIX MsgSeqNum of the message that carried the quote.
+	MsgSeqNum int `json:"msgSeqNum"`
+	// Epoch is the feeder leader's fencing token; it rises with every leadership change.
+	Epoch int64 `json:"epoch"`
+	// Seq is the feeder's per-pair sequence within its epoch.
+	Seq int64 `json:"seq"`
+	// ReceivedAt is when the feeder read the quote off the FIX session.
+	ReceivedAt time.Time `json:"receivedAt"`
+}
+
+// PartitionKey orders rates per pair.
+func (r *RateV1) PartitionKey() string { return string(r.Pair) }
+
+// Validate checks the pair, prices, precision and identity of the quote.
+func (r *RateV1) Validate() error {
+	spec, err := fx.Lookup(r.Pair)
+	if err != nil {
+		return invalidf("%v", err)
+	}
+	for _, p := range []decimal.Decimal{r.Bid, r.Ask} {
+		if err := spec.CheckPrice(p); err != nil {
+			return invalidf("%v", err)
+		}
+	}
+	if r.Bid.GreaterThan(r.Ask) {
+		return invalidf("%s crossed quote: bid %s > ask %s", r.Pair, r.Bid, r.Ask)
+	}
+	if r.BidSize.IsNegative() || r.AskSize.IsNegative() {
+		return invalidf("%s negative size", r.Pair)
+	}
+	if r.ProviderTime.IsZero() || r.QuoteID == "" {
+		return invalidf("%s quote lacks provider time or quote id", r.Pair)
+	}
+	if r.Epoch <= 0 {
+		return invalidf("%s quote has no feeder epoch", r.Pair)
+	}
+	return nil
+}
+
+// EventID is deterministic in the provider's identity of the quote, so the same quote published twice
+// (by a retry or by two feeders) carries the same id.
+func (r *RateV1) EventID() string {
+	return fmt.Sprintf("rate:%s:%s:%s", r.Pair, r.ProviderTime.UTC().Format(time.RFC3339Nano), r.QuoteID)
+}
+
+// NewerThan reports whether r is strictly newer than o by provider time, then quote id. Quote ids are
+// compared as numbers when both are numeric and as strings otherwise.
+func (r *RateV1) NewerThan(o *RateV1) bool {
+	if !r.ProviderTime.Equal(o.ProviderTime) {
+		return r.ProviderTime.After(o.ProviderTime)
+	}
+	return CompareQuoteIDs(r.QuoteID, o.QuoteID) > 0
+}
+
+// CompareQuoteIDs orders two provider quote ids: numerically when both are unsigned integers, else
+// lexicographically. It returns -1, 0 or +1.
+func CompareQuoteIDs(a, b string) int {
+	na, errA := strconv.ParseUint(a, 10, 64)
+	nb, errB := strconv.ParseUint(b, 10, 64)
+	if errA == nil && errB == nil {
+		switch {
+		case na < nb:
+			return -1
+		case na > nb:
+			return 1
+		}
+		return 0
+	}
+	return strings.Compare(a, b)
+}
+
+// Order sides, types, time-in-force values and command kinds.
+const (
+	SideBuy  = "buy"
+	SideSell = "sell"
+
+	OrderTypeMarket = "market"
+	OrderTypeLimit  = "limit"
+	OrderTypeStop   = "stop"
+
+	TimeInForceFOK = "FOK"
+	TimeInForceIOC = "IOC"
+	TimeInForceGTC = "GTC"
+	TimeInForceGTD = "GTD"
+
+	CommandPlace    = "place"
+	CommandCancel   = "cancel"
+	CommandTrigger  = "trigger"
+	CommandCloseOut = "closeout"
+)
+
+// OrderSpec is what a trader asks for when placing an order.
+type OrderSpec struct {
+	Pair          fx.Pair          `json:"pair"`
+	Side          string           `json:"side"`
+	Units         decimal.Decimal  `json:"units"`
+	Type          string           `json:"type"`
+	Price         *decimal.Decimal `json:"price,omitempty"`
+	PriceBound    *decimal.Decimal `json:"priceBound,omitempty"`
+	TimeInForce   string           `json:"timeInForce"`
+	GoodTill      *time.Time       `json:"goodTill,omitempty"`
+	ClientOrderID string           `json:"clientOrderId,omitempty"`
+}
+
+// OrderCommandV1 asks the ledger to change an account; every command about one account travels on
+// that account's partition, so the ledger applies them in order.
+type OrderCommandV1 struct {
+	// CommandID is the ledger's inbox key: a retry of the same command carries the same id.
+	CommandID string `json:"commandId"`
+	Kind      string `json:"kind"`
+	AccountID string `json:"accountId"`
+	// OrderID names the order the command places, cancels or triggers.
+	OrderID string     `json:"orderId"`
+	Order   *OrderSpec `json:"order,omitempty"`
+	// TriggerRateID is the id of the rate that triggered a pending order (kind trigger).
+	TriggerRateID string    `json:"triggerRateId,omitempty"`
+	RequestedAt   time.Time `json:"requestedAt"`
+}
+
+// PartitionKey orders commands per account.
+func (c *OrderCommandV1) PartitionKey() string { return c.AccountID }
+
+// Validate checks that the command names its account and carries what its kind needs.
+func (c *OrderCommandV1) Validate() error {
+	if c.CommandID == "" || c.AccountID == "" {
+		return invalidf("command lacks command id or account id")
+	}
+	switch c.Kind {
+	case CommandPlace:
+		if c.Order == nil || c.OrderID == "" {
+			return invalidf("place command %s lacks its order", c.CommandID)
+		}
+		return c.Order.Validate()
+	case CommandCancel, CommandTrigger:
+		if c.OrderID == "" {
+			return invalidf("%s command %s lacks an order id", c.Kind, c.CommandID)
+		}
+	case CommandCloseOut:
+	default:
+		return invalidf("unknown command kind %q", c.Kind)
+	}
+	return nil
+}
+
+// Validate checks an order's pair, side, units, type, prices and time in force.
+func (o *OrderSpec) Validate() error {
+	spec, err := fx.Lookup(o.Pair)
+	if err != nil {
+		return invalidf("%v", err)
+	}
+	if o.Side != SideBuy && o.Side != SideSell {
+		return invalidf("side must be buy or sell, not %q", o.Side)
+	}
+	if !o.Units.IsPositive() || !o.Units.IsInteger() {
+		return invalidf("units must be a positive whole number, not %s", o.Units)
+	}
+	switch o.Type {
+	case OrderTypeMarket:
+		return o.validateMarket(spec)
+	case OrderTypeLimit, OrderTypeStop:
+		return o.validatePending(spec)
+	}
+	return invalidf("type must be market, limit or stop, not %q", o.Type)
+}
+
+func (o *OrderSpec) validateMarket(spec fx.PairSpec) error {
+	if o.Price != nil {
+		return invalidf("a market order takes priceBound, not price")
+	}
+	if o.TimeInForce != TimeInForceFOK && o.TimeInForce != TimeInForceIOC {
+		return invalidf("a market order's timeInForce is FOK or IOC, not %q", o.TimeInForce)
+	}
+	if o.PriceBound != nil {
+		if err := spec.CheckPrice(*o.PriceBound); err != nil {
+			return invalidf("priceBound: %v", err)
+		}
+	}
+	return nil
+}
+
+func (o *OrderSpec) validatePending(spec fx.PairSpec) error {
+	if o.Price == nil {
+		return invalidf("a %s order needs a price", o.Type)
+	}
+	if err := spec.CheckPrice(*o.Price); err != nil {
+		return invalidf("price: %v", err)
+	}
+	switch o.TimeInForce {
+	case TimeInForceGTC:
+		if o.GoodTill != nil {
+			return invalidf("goodTill is only for GTD orders")
+		}
+	case TimeInForceGTD:
+		if o.GoodTill == nil {
+			return invalidf("a GTD order needs goodTill")
+		}
+	default:
+		return invalidf("a %s order's timeInForce is GTC or GTD, not %q", o.Type, o.TimeInForce)
+	}
+	return nil
+}
+
+// TradeExecutedV1 reports one execution (fill) to downstream systems; the external system dedups by
+// ExecutionID and orders by AccountSeq.
+type TradeExecutedV1 struct {
+	ExecutionID string `json:"executionId"`
+	AccountID   string `json:"accountId"`
+	// AccountSeq numbers the account's executions 1, 2, 3, … without gaps.
+	AccountSeq int64           `json:"accountSeq"`
+	OrderID    string          `json:"orderId"`
+	Pair       fx.Pair         `json:"pair"`
+	Side       string          `json:"side"`
+	Units      decimal.Decimal `json:"units"`
+	Price      decimal.Decimal `json:"price"`
+	// RealizedPL is in the account currency.
+	RealizedPL decimal.Decimal `json:"realizedPL"`
+	Currency   fx.Currency     `json:"currency"`
+	// Reason is "order", "trigger" or "closeout".
+	Reason     string    `json:"reason"`
+	ExecutedAt time.Time `json:"executedAt"`
+}
+
+// PartitionKey orders executions per account.
+func (t *TradeExecutedV1) PartitionKey() string { return t.AccountID }
+
+// Validate checks the identity, sequence and amounts of the execution.
+func (t *TradeExecutedV1) Validate() error {
+	if t.ExecutionID == "" || t.AccountID == "" || t.OrderID == "" {
+		return invalidf("execution lacks execution, account or order id")
+	}
+	if t.AccountSeq <= 0 {
+		return invalidf("execution %s has account sequence %d", t.ExecutionID, t.AccountSeq)
+	}
+	if t.Side != SideBuy && t.Side != SideSell {
+		return invalidf("execution %s side %q", t.ExecutionID, t.Side)
+	}
+	if !t.Units.IsPositive() || !t.Price.IsPositive() {
+		return invalidf("execution %s has non-positive units or price", t.ExecutionID)
+	}
+	if _, err := fx.Lookup(t.Pair); err != nil {
+		return invalidf("%v", err)
+	}
+	return nil
+}
+
+// Order result statuses.
+const (
+	ResultAccepted  = "accepted"
+	ResultFilled    = "filled"
+	ResultRejected  = "rejected"
+	ResultCancelled = "cancelled"
+)
+
+// OrderResultV1 reports what the ledger did with a command, so trading can answer synchronously.
+type OrderResultV1 struct {
+	CommandID   string           `json:"commandId"`
+	AccountID   string           `json:"accountId"`
+	OrderID     string           `json:"orderId"`
+	Status      string           `json:"status"`
+	Reason      string           `json:"reason,omitempty"`
+	ExecutionID string           `json:"executionId,omitempty"`
+	Price       *decimal.Decimal `json:"price,omitempty"`
+	DecidedAt   time.Time        `json:"decidedAt"`
+}
+
+// PartitionKey orders results per account.
+func (r *OrderResultV1) PartitionKey() string { return r.AccountID }
+
+// Validate checks the result's identity and status.
+func (r *OrderResultV1) Validate() error {
+	if r.CommandID == "" || r.AccountID == "" {
+		return invalidf("result lacks command id or account id")
+	}
+	switch r.Status {
+	case ResultAccepted, ResultFilled, ResultRejected, ResultCancelled:
+		return nil
+	}
+	return invalidf("result status %q", r.Status)
+}

@@ -1,0 +1,87 @@
+// Package pgdb is kawase's access to PostgreSQL, the system of record: connection pools, schema
+// migrations (each service owns one schema and migrates it with goose from SQL files embedded in its
+// binary), and a private local cluster for dev mode and tests.
+package pgdb
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"io/fs"
+	"regexp"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/lock"
+)
+
+// Limits of connecting.
+const (
+	connectTimeoutMs = 10_000
+	poolConnsMax     = 16
+)
+
+var schemaName = regexp.MustCompile(`^[a-z][a-z0-9_]{0,62}$`)
+
+// Open connects a pool to url and checks that the server answers.
+func Open(ctx context.Context, url string) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("parse database url: %w", err)
+	}
+	if cfg.MaxConns < poolConnsMax {
+		cfg.MaxConns = poolConnsMax
+	}
+	ctx, cancel := context.WithTimeout(ctx, connectTimeoutMs*time.Millisecond)
+	defer cancel()
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to database: %w", err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("ping database: %w", err)
+	}
+	return pool, nil
+}
+
+// Migrate brings schema up to date with the goose SQL migrations in fsys (files like
+// 00001_init.sql at its root). The schema is created if missing and holds its own version table, so
+// services never share migration history; a session advisory lock serializes replicas that start
+// together.
+func Migrate(ctx context.Context, url, schema string, fsys fs.FS) error {
+	if !schemaName.MatchString(schema) {
+		return fmt.Errorf("migrate: bad schema name %q", schema)
+	}
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		return fmt.Errorf("migrate %s: parse database url: %w", schema, err)
+	}
+	db := stdlib.OpenDB(*cfg)
+	defer db.Close()
+	if _, err := db.ExecContext(ctx, "CREATE SCHEMA IF NOT EXISTS "+schema); err != nil {
+		return fmt.Errorf("migrate %s: create schema: %w", schema, err)
+	}
+	return runMigrations(ctx, db, schema, fsys)
+}
+
+func runMigrations(ctx context.Context, db *sql.DB, schema string, fsys fs.FS) error {
+	locker, err := lock.NewPostgresSessionLocker()
+	if err != nil {
+		return fmt.Errorf("migrate %s: locker: %w", schema, err)
+	}
+	p, err := goose.NewProvider(goose.DialectPostgres, db, fsys,
+		goose.WithTableName(schema+".goose_db_version"),
+		goose.WithSessionLocker(locker),
+		goose.WithDisableGlobalRegistry(true))
+	if err != nil {
+		return fmt.Errorf("migrate %s: %w", schema, err)
+	}
+	if _, err := p.Up(ctx); err != nil {
+		return fmt.Errorf("migrate %s: %w", schema, err)
+	}
+	return nil
+}

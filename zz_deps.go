@@ -1,0 +1,37 @@
+//go:build tools
+
+package kawase
+
+import (
+	_ "github.com/cloudevents/sdk-go/v2"
+	_ "github.com/cloudevents/sdk-go/v2/binding"
+	_ "github.com/jackc/pgx/v5/pgxpool"
+	_ "github.com/jackc/pgx/v5/stdlib"
+	_ "github.com/pressly/goose/v3"
+	_ "github.com/prometheus/client_golang/prometheus/promhttp"
+	_ "github.com/quickfixgo/enum"
+	_ "github.com/quickfixgo/field"
+	_ "github.com/quickfixgo/fix44/marketdatarequest"
+	_ "github.com/quickfixgo/fix44/marketdatasnapshotfullrefresh"
+	_ "github.com/quickfixgo/fix44/marketdataincrementalrefresh"
+	_ "github.com/quickfixgo/fix44/marketdatarequestreject"
+	_ "github.com/quickfixgo/quickfix"
+	_ "github.com/segmentio/kafka-go"
+	_ "github.com/shopspring/decimal"
+	_ "github.com/twmb/franz-go/pkg/kfake"
+	_ "go.uber.org/zap"
+	_ "google.golang.org/grpc"
+	_ "google.golang.org/protobuf/types/known/timestamppb"
+	_ "k8s.io/api/apps/v1"
+	_ "k8s.io/api/policy/v1"
+	_ "k8s.io/api/rbac/v1"
+	_ "k8s.io/client-go/tools/leaderelection"
+	_ "k8s.io/client-go/tools/leaderelection/resourcelock"
+	_ "knative.dev/eventing-kafka-broker/control-plane/pkg/apis/eventing/v1alpha1"
+	_ "knative.dev/eventing-kafka-broker/control-plane/pkg/apis/messaging/v1beta1"
+	_ "knative.dev/eventing-kafka-broker/control-plane/pkg/apis/sources/v1beta1"
+	_ "knative.dev/eventing/pkg/apis/messaging/v1"
+	_ "knative.dev/pkg/logging"
+	_ "knative.dev/serving/pkg/apis/serving/v1"
+	_ "sigs.k8s.io/yaml"
+)
