@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 
 	"github.com/kawase-fx/kawase/eventing"
 	"github.com/kawase-fx/kawase/eventing/broker"
@@ -168,27 +169,89 @@ func (e *devEnv) startKafka(ctx context.Context) error {
 	return nil
 }
 
-// serve runs the single local HTTP listener and writes dev.json once it listens.
+// serve runs every built function in this process: REST on the single local HTTP port, gRPC on the
+// local gRPC port, and each Service's own handler under /_svc/<name>/ where the local dispatcher
+// delivers its events. It writes dev.json once everything listens.
 func (e *devEnv) serve(ctx context.Context) error {
 	ln, err := net.Listen("tcp", e.cfg.HTTPAddr)
 	if err != nil {
 		return fmt.Errorf("dev: listen on %s: %w", e.cfg.HTTPAddr, err)
 	}
-	reg := observe.NewRegistry()
-	health := observe.NewHealth()
+	defer ln.Close()
+	grpcLn, err := net.Listen("tcp", e.cfg.GRPCAddr)
+	if err != nil {
+		return fmt.Errorf("dev: listen on %s: %w", e.cfg.GRPCAddr, err)
+	}
+	defer grpcLn.Close()
+	reg, health, mux := observe.NewRegistry(), observe.NewHealth(), http.NewServeMux()
+	observe.Mount(mux, reg, health)
 	health.AddCheck("database", e.pool.Ping)
 	health.AddCheck("kafka", e.pingKafka)
-	mux := http.NewServeMux()
-	observe.Mount(mux, reg, health)
-	if err := e.writeState(ln.Addr().String()); err != nil {
-		ln.Close()
+	gs := grpc.NewServer()
+	d := componentDeps{cfg: e.cfg, log: e.log, reg: reg, health: health, dbURL: e.dbURL, brokers: e.brokers,
+		ratesGRPC: grpcLn.Addr().String(), ledgerGRPC: grpcLn.Addr().String()}
+	runs, err := e.startComponents(ctx, d, mux, gs)
+	if err != nil {
 		return err
 	}
-	e.log.Infow("kawase dev is up", "http", "http://"+ln.Addr().String(), "kafka", strings.Join(e.brokers, ","),
-		"state", filepath.Join(e.dataDir, devStateFile))
-	fmt.Printf("kawase dev: http://%s  (kafka %s; state in %s; Ctrl-C stops)\n",
-		ln.Addr(), strings.Join(e.brokers, ","), filepath.Join(e.dataDir, devStateFile))
-	return observe.Serve(ctx, ln, mux)
+	if err := e.writeState(ln.Addr().String(), grpcLn.Addr().String()); err != nil {
+		return err
+	}
+	e.log.Infow("kawase dev is up", "http", "http://"+ln.Addr().String(), "grpc", grpcLn.Addr().String(),
+		"kafka", strings.Join(e.brokers, ","), "state", filepath.Join(e.dataDir, devStateFile))
+	fmt.Printf("kawase dev: http://%s  (gRPC %s, kafka %s; state in %s; Ctrl-C stops)\n",
+		ln.Addr(), grpcLn.Addr(), strings.Join(e.brokers, ","), filepath.Join(e.dataDir, devStateFile))
+	runs = append(runs,
+		func(ctx context.Context) error { return observe.Serve(ctx, ln, mux) },
+		func(ctx context.Context) error { return serveGRPC(ctx, gs, grpcLn) })
+	return observe.RunAll(ctx, runs...)
+}
+
+// startComponents builds every function, mounts it, and returns its background work.
+func (e *devEnv) startComponents(ctx context.Context, d componentDeps, mux *http.ServeMux, gs *grpc.Server) ([]func(context.Context) error, error) {
+	var runs []func(context.Context) error
+	for _, name := range componentOrder {
+		d.log = e.log.Named(name)
+		c, err := components[name](ctx, d)
+		if errors.Is(err, errNotBuilt) {
+			e.log.Warnw("function not built yet; running without it", "function", name)
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("dev: start %s: %w", name, err)
+		}
+		if c.close != nil {
+			e.closers = append(e.closers, c.close)
+		}
+		prefix := devServicePath(name)
+		mux.Handle(prefix+"/", http.StripPrefix(prefix, c.handler))
+		for _, p := range c.public {
+			mux.Handle(p, c.handler)
+		}
+		if c.grpc != nil {
+			c.grpc(gs)
+		}
+		if c.run != nil {
+			runs = append(runs, c.run)
+		}
+	}
+	return runs, nil
+}
+
+// devServicePath is where kawase dev mounts a Knative Service's own handler on its HTTP port; the
+// local dispatcher delivers to http://<http addr><devServicePath(name)>/.
+func devServicePath(name string) string { return "/_svc/" + name }
+
+func serveGRPC(ctx context.Context, gs *grpc.Server, ln net.Listener) error {
+	errc := make(chan error, 1)
+	go func() { errc <- gs.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve grpc on %s: %w", ln.Addr(), err)
+	case <-ctx.Done():
+		gs.GracefulStop()
+		return nil
+	}
 }
 
 func (e *devEnv) pingKafka(ctx context.Context) error {
@@ -205,8 +268,8 @@ func (e *devEnv) pingKafka(ctx context.Context) error {
 	return nil
 }
 
-func (e *devEnv) writeState(httpAddr string) error {
-	st := devState{HTTP: "http://" + httpAddr, GRPC: e.cfg.GRPCAddr, Kafka: strings.Join(e.brokers, ","),
+func (e *devEnv) writeState(httpAddr, grpcAddr string) error {
+	st := devState{HTTP: "http://" + httpAddr, GRPC: grpcAddr, Kafka: strings.Join(e.brokers, ","),
 		Database: e.dbURL, AdminToken: e.secrets.AdminToken, PID: os.Getpid()}
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -130,6 +131,37 @@ func WriteProblem(w http.ResponseWriter, p Problem) {
 	_ = json.NewEncoder(w).Encode(body)
 }
 
+// GRPCMux sends gRPC requests (HTTP/2 with an application/grpc content type) to grpcHandler and
+// everything else to h, so one port serves both.
+func GRPCMux(grpcHandler, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+			grpcHandler.ServeHTTP(w, r)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// RunAll runs fns until the first fails or ctx ends, then cancels the rest and waits for them. It
+// returns the first error that is not the cancellation itself.
+func RunAll(ctx context.Context, fns ...func(context.Context) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, len(fns))
+	for _, fn := range fns {
+		go func() { errc <- fn(ctx) }()
+	}
+	var first error
+	for range fns {
+		if err := <-errc; err != nil && first == nil && !errors.Is(err, context.Canceled) {
+			first = err
+		}
+		cancel()
+	}
+	return first
+}
+
 // Serve serves h on ln until ctx ends, then stops accepting and drains in-flight requests for up to
 // shutdownTimeoutMs (Knative sends SIGTERM and waits before killing).
 func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
@@ -138,7 +170,12 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
 		ReadHeaderTimeout: readHeaderTimeoutMs * time.Millisecond,
 		IdleTimeout:       idleTimeoutMs * time.Millisecond,
 		MaxHeaderBytes:    headerBytesMax,
+		Protocols:         new(http.Protocols),
 	}
+	// HTTP/1.1 for REST and CloudEvents, and unencrypted HTTP/2 (h2c) so gRPC can share the port, as
+	// a Knative Service has only one.
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetUnencryptedHTTP2(true)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {

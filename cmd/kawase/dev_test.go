@@ -1,0 +1,222 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/jackc/pgx/v5"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/kawase-fx/kawase/eventing"
+	"github.com/kawase-fx/kawase/eventing/cekafka"
+)
+
+// Limits of the dev-mode test.
+const (
+	devReadyTimeoutSec = 90
+	devStopTimeoutSec  = 30
+)
+
+// buildKawase compiles this command into dir and returns the binary's path.
+func buildKawase(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "kawase")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// devProcess is a running `kawase dev`.
+type devProcess struct {
+	cmd   *exec.Cmd
+	state devState
+	done  chan error
+}
+
+func startDev(t *testing.T, bin, dataDir string, env []string) *devProcess {
+	t.Helper()
+	cmd := exec.Command(bin, "dev")
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Env = append(cmd.Env, "KAWASE_DATA_DIR="+dataDir)
+	logf, err := os.Create(filepath.Join(dataDir, fmt.Sprintf("dev-%d.log", time.Now().UnixNano())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { logf.Close() })
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &devProcess{cmd: cmd, done: make(chan error, 1)}
+	go func() { p.done <- cmd.Wait() }()
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	deadline := time.Now().Add(devReadyTimeoutSec * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-p.done:
+			b, _ := os.ReadFile(logf.Name())
+			t.Fatalf("kawase dev exited early: %v\n%s", err, b)
+		case <-time.After(200 * time.Millisecond):
+		}
+		b, err := os.ReadFile(filepath.Join(dataDir, devStateFile))
+		if err != nil || json.Unmarshal(b, &p.state) != nil || p.state.PID != cmd.Process.Pid {
+			continue
+		}
+		resp, err := http.Get(p.state.HTTP + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return p
+			}
+		}
+	}
+	t.Fatalf("kawase dev not ready within %d s", devReadyTimeoutSec)
+	return nil
+}
+
+func (p *devProcess) interrupt(t *testing.T) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-p.done:
+		if err != nil {
+			t.Fatalf("kawase dev did not exit cleanly on Ctrl-C: %v", err)
+		}
+	case <-time.After(devStopTimeoutSec * time.Second):
+		t.Fatalf("kawase dev still running %d s after Ctrl-C", devStopTimeoutSec)
+	}
+}
+
+// TestDevStartsStopsAndKeepsData runs the real binary twice on one data directory: it must become
+// ready, write dev.json, stop cleanly on Ctrl-C (its database server too), and keep both the database
+// and the broker's records across the restart.
+func TestDevStartsStopsAndKeepsData(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts the whole dev environment")
+	}
+	tmp := t.TempDir()
+	bin := buildKawase(t, tmp)
+	dataDir := filepath.Join(tmp, "run")
+	if err := os.Mkdir(dataDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_, kafkaPort, _ := net.SplitHostPort(freeAddr(t))
+	env := []string{"KAWASE_HTTP_ADDR=" + freeAddr(t), "KAWASE_GRPC_ADDR=" + freeAddr(t), "KAWASE_KAFKA_PORT=" + kafkaPort,
+		"DATABASE_URL=", "KAFKA_BROKERS="}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	first := startDev(t, bin, dataDir, env)
+	if first.state.AdminToken == "" || first.state.Kafka != "127.0.0.1:"+kafkaPort || first.state.Database == "" {
+		t.Fatalf("dev.json = %+v", first.state)
+	}
+	conn, err := pgx.Connect(ctx, first.state.Database)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "CREATE TABLE survivor (price numeric); INSERT INTO survivor VALUES (151.425)"); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(ctx)
+	w := cekafka.NewWriter([]string{first.state.Kafka}, eventing.TopicDeadLetters)
+	e := devTestEvent(t)
+	if err := cekafka.Publish(ctx, w, e); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	first.interrupt(t)
+	if out, err := exec.Command("pg_isready", "-d", first.state.Database).CombinedOutput(); err == nil {
+		t.Errorf("postgres still accepting connections after Ctrl-C: %s", out)
+	}
+
+	second := startDev(t, bin, dataDir, env)
+	defer second.interrupt(t)
+	if second.state.AdminToken != first.state.AdminToken {
+		t.Error("admin token changed across restarts of one data directory")
+	}
+	conn, err = pgx.Connect(ctx, second.state.Database)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var price string
+	if err := conn.QueryRow(ctx, "SELECT price::text FROM survivor").Scan(&price); err != nil || price != "151.425" {
+		t.Fatalf("database after restart: %q, %v", price, err)
+	}
+	r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{second.state.Kafka}, Topic: eventing.TopicDeadLetters,
+		Partition: partitionOf(t, second.state.Kafka, eventing.PartitionKey(e))})
+	defer r.Close()
+	m, err := r.ReadMessage(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := cekafka.FromMessage(m)
+	if err != nil || back.ID() != e.ID() {
+		t.Fatalf("kafka record after restart: %v, %v", back.ID(), err)
+	}
+}
+
+func devTestEvent(t *testing.T) cloudevents.Event {
+	t.Helper()
+	e := cloudevents.NewEvent()
+	e.SetID("survivor-1")
+	e.SetType("kawase.test.v1")
+	e.SetSource("/kawase/test")
+	e.SetExtension("partitionkey", "k1")
+	if err := e.SetData("application/json", []byte(`{"ok":true}`)); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// partitionOf finds the partition a key landed on by asking each partition for its high-water mark.
+func partitionOf(t *testing.T, addr, _ string) int {
+	t.Helper()
+	conn, err := kafka.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	parts, err := conn.ReadPartitions(eventing.TopicDeadLetters)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range parts {
+		pc, err := kafka.DialLeader(context.Background(), "tcp", addr, p.Topic, p.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last, err := pc.ReadLastOffset()
+		pc.Close()
+		if err == nil && last > 0 {
+			return p.ID
+		}
+	}
+	t.Fatal("no partition of " + eventing.TopicDeadLetters + " holds a record: " + strconv.Itoa(len(parts)))
+	return 0
+}
