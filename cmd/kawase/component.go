@@ -57,6 +57,16 @@ var components = map[string]componentFactory{
 	"deadletters": newDeadlettersComponent,
 }
 
+// componentInfra is what each function cannot run without, as its manifest in config/ provides it.
+var componentInfra = map[string]infraNeeds{
+	"rates":       {kafka: true},
+	"ratekeeper":  {database: true, kafka: true},
+	"trading":     {database: true, kafka: true},
+	"ledger":      {database: true, kafka: true},
+	"relay":       {},
+	"deadletters": {database: true},
+}
+
 var componentOrder = []string{"rates", "ratekeeper", "ledger", "trading", "relay", "deadletters"}
 
 // errNotBuilt marks a function whose issue has not landed yet; kawase dev runs without it.

@@ -156,17 +156,20 @@ func (c config) check() []error {
 	return errs
 }
 
+// infraNeeds says which shared infrastructure a component cannot run without.
+type infraNeeds struct{ database, kafka bool }
+
 // requireProdSettings refuses to run a production component on dev-mode defaults: outside dev mode
-// the database and the brokers must be given explicitly.
-func (c config) requireProdSettings(component string) error {
+// the database and the brokers it needs must be given explicitly.
+func (c config) requireProdSettings(component string, needs infraNeeds) error {
 	if c.Mode == modeDev {
 		return nil
 	}
 	var missing []string
-	if c.DatabaseURL == "" {
+	if needs.database && c.DatabaseURL == "" {
 		missing = append(missing, "DATABASE_URL")
 	}
-	if len(c.KafkaBrokers) == 0 {
+	if needs.kafka && len(c.KafkaBrokers) == 0 {
 		missing = append(missing, "KAFKA_BROKERS")
 	}
 	if len(missing) > 0 {

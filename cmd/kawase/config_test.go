@@ -40,16 +40,21 @@ func TestProdRefusesDevDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cfg.requireProdSettings("ledger"); err == nil || !strings.Contains(err.Error(), "DATABASE_URL") {
+	if err := cfg.requireProdSettings("ledger", infraNeeds{database: true, kafka: true}); err == nil || !strings.Contains(err.Error(), "DATABASE_URL") {
 		t.Errorf("prod without database: %v", err)
 	}
 	cfg, err = loadConfig([]string{"KAWASE_MODE=prod", "DATABASE_URL=postgres://db/kawase", "KAFKA_BROKERS=k1:9092, k2:9092"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cfg.requireProdSettings("ledger"); err != nil {
+	if err := cfg.requireProdSettings("ledger", infraNeeds{database: true, kafka: true}); err != nil {
 		t.Errorf("prod with settings: %v", err)
 	}
+	cfg, _ = loadConfig([]string{"KAWASE_MODE=prod"})
+	if err := cfg.requireProdSettings("relay", infraNeeds{}); err != nil {
+		t.Errorf("relay needs no database or brokers: %v", err)
+	}
+	cfg, _ = loadConfig([]string{"KAWASE_MODE=prod", "DATABASE_URL=postgres://db/kawase", "KAFKA_BROKERS=k1:9092, k2:9092"})
 	if len(cfg.KafkaBrokers) != 2 || cfg.KafkaBrokers[1] != "k2:9092" {
 		t.Errorf("brokers = %q", cfg.KafkaBrokers)
 	}

@@ -23,7 +23,7 @@ func runServe(ctx context.Context, cfg config, args []string) error {
 	if !ok {
 		return fmt.Errorf("%w: no function %q (have: %s)", errUsage, args[0], functionNames())
 	}
-	if err := cfg.requireProdSettings(args[0]); err != nil {
+	if err := cfg.requireProdSettings(args[0], componentInfra[args[0]]); err != nil {
 		return err
 	}
 	log := observe.NewLogger(cfg.LogLevel, args[0])
