@@ -1,0 +1,40 @@
+package fixspec
+
+import (
+	"testing"
+
+	"github.com/quickfixgo/quickfix/datadictionary"
+
+	"github.com/kawase-fx/kawase/eventing/fx"
+)
+
+func TestSymbolRoundTrip(t *testing.T) {
+	for _, spec := range fx.Pairs() {
+		sym := Symbol(spec.Pair)
+		back, err := Pair(sym)
+		if err != nil || back != spec.Pair {
+			t.Fatalf("%s → %q → %s, %v", spec.Pair, sym, back, err)
+		}
+	}
+	for _, bad := range []string{"USDJPY", "USD_JPY", "US/JPY", ""} {
+		if _, err := Pair(bad); err == nil {
+			t.Errorf("symbol %q accepted", bad)
+		}
+	}
+}
+
+func TestDictionaryPathParses(t *testing.T) {
+	path, err := DictionaryPath()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dd, err := datadictionary.Parse(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, msgType := range []string{"V", "W", "X", "Y"} {
+		if _, ok := dd.Messages[msgType]; !ok {
+			t.Errorf("message type %s missing", msgType)
+		}
+	}
+}
