@@ -1,0 +1,85 @@
+package ratekeeper_test
+
+import (
+	"context"
+	"net/http"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+
+	"github.com/kawase-fx/kawase/eventing/fx"
+	"github.com/kawase-fx/kawase/functions/ratekeeper"
+)
+
+// benchPartitions is how many deliveries Knative keeps in flight against the keeper: one per
+// partition of kawase.rates.
+const benchPartitions = 10
+
+// BenchmarkProcessRates delivers b.N new rates over HTTP as the ordered KafkaSource does — one in
+// flight per partition, benchPartitions partitions at once, each partition its own pairs — into a
+// keeper on a real database, and reports rates/s and delivery latency (POST to 200 = committed).
+func BenchmarkProcessRates(b *testing.B) {
+	env := startKeeper(b, ratekeeper.Config{})
+	pairs := fx.Pairs()
+	base := time.Now().UTC().Add(-time.Hour)
+	perPartition := (b.N + benchPartitions - 1) / benchPartitions
+	events := make([][]cloudevents.Event, benchPartitions)
+	for p := range benchPartitions {
+		for i := range perPartition {
+			spec := pairs[(p+benchPartitions*(i%5))%len(pairs)] // five pairs per partition
+			events[p] = append(events[p], rateEvent(b, withEpoch(quote(spec.Pair, i, base, time.Millisecond), 1)))
+		}
+	}
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: benchPartitions}}
+	lat := make([][]time.Duration, benchPartitions)
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	start := time.Now()
+	for p := range benchPartitions {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, e := range events[p] {
+				t0 := time.Now()
+				d, err := deliver(context.Background(), client, env.srv.URL, e)
+				if err != nil || d.status != http.StatusOK || d.outcome != string(ratekeeper.OutcomeAccepted) {
+					b.Errorf("deliver: %v %d %s", err, d.status, d.body)
+					return
+				}
+				lat[p] = append(lat[p], time.Since(t0))
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	all := slices.Concat(lat...)
+	slices.Sort(all)
+	if len(all) == 0 {
+		return
+	}
+	b.ReportMetric(histogramMean(b, env, "kawase_ratekeeper_batch_size"), "rates/tx")
+	b.ReportMetric(histogramMean(b, env, "kawase_ratekeeper_batch_seconds")*1000, "tx_ms")
+	b.ReportMetric(float64(len(all))/elapsed.Seconds(), "rates/s")
+	b.ReportMetric(float64(all[len(all)/2].Microseconds())/1000, "p50_ms")
+	b.ReportMetric(float64(all[len(all)*99/100].Microseconds())/1000, "p99_ms")
+}
+
+// histogramMean returns the mean of a histogram of env's registry.
+func histogramMean(b *testing.B, env *keeperEnv, name string) float64 {
+	b.Helper()
+	mfs, err := env.reg.Gather()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			h := mf.GetMetric()[0].GetHistogram()
+			return h.GetSampleSum() / float64(max(1, h.GetSampleCount()))
+		}
+	}
+	return 0
+}

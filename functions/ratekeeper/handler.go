@@ -1,0 +1,126 @@
+package ratekeeper
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+	"github.com/shopspring/decimal"
+
+	"github.com/kawase-fx/kawase/eventing"
+	"github.com/kawase-fx/kawase/eventing/fx"
+	"github.com/kawase-fx/kawase/eventing/observe"
+)
+
+// Limits of a delivery.
+const (
+	eventBytesMax          = 64 << 10
+	providerTimeAheadMaxMs = 60_000
+	// priceBandFactor bounds a price to [mid/factor, mid*factor] of the pair's reference mid: a price
+	// outside is a corrupt quote, not a market move.
+	priceBandFactor = 10
+)
+
+// providerTimeMin is the earliest provider time accepted; anything before is a corrupt timestamp.
+var providerTimeMin = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// ErrOutOfRange marks a well-formed rate whose time or price cannot be a real quote; like
+// eventing.ErrInvalid it is permanent.
+var ErrOutOfRange = errors.New("rate out of range")
+
+// Handler is the KafkaSource sink: POST / with one kawase.rate.v1 CloudEvent (binary or structured
+// mode). It answers 200 once the rate is processed or found already processed, 4xx (dead-letter) for
+// an event that can never be processed, and 503 (retry) when the database cannot commit it now.
+func (k *Keeper) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /{$}", k.receiveRate)
+	return mux
+}
+
+func (k *Keeper) receiveRate(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, eventBytesMax)
+	ev, err := cehttp.NewEventFromHTTPRequest(r)
+	if err != nil {
+		k.refuse(w, readProblem(err))
+		return
+	}
+	rate, err := eventing.Decode[eventing.RateV1](*ev, eventing.TypeRate)
+	if err == nil {
+		err = checkRange(rate, k.cfg.Now())
+	}
+	if err != nil {
+		k.refuse(w, decodeProblem(err))
+		return
+	}
+	outcome, err := k.Process(r.Context(), rate)
+	if err != nil {
+		p := observe.Problem{Status: http.StatusServiceUnavailable, Code: "store_unavailable",
+			Title: "rate not committed; retry", Detail: err.Error()}
+		if errors.Is(err, ErrOverloaded) {
+			p.Code, p.Title = "overloaded", "too many rates waiting; retry"
+		}
+		w.Header().Set("Retry-After", "1")
+		observe.WriteProblem(w, p)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(map[string]string{"outcome": string(outcome), "id": rate.EventID()})
+}
+
+// refuse answers a delivery that can never be processed, so Knative dead-letters it with the reason.
+func (k *Keeper) refuse(w http.ResponseWriter, p observe.Problem) {
+	k.metrics.outcomes[OutcomeInvalid].Inc()
+	k.log.Warnw("rate refused", "code", p.Code, "detail", p.Detail)
+	observe.WriteProblem(w, p)
+}
+
+func readProblem(err error) observe.Problem {
+	var tooLarge *http.MaxBytesError
+	if errors.As(err, &tooLarge) {
+		return observe.Problem{Status: http.StatusRequestEntityTooLarge, Code: "event_too_large",
+			Title: "event too large", Detail: fmt.Sprintf("an event is at most %d bytes", eventBytesMax)}
+	}
+	return observe.Problem{Status: http.StatusBadRequest, Code: "invalid_cloudevent",
+		Title: "not a CloudEvent", Detail: err.Error()}
+}
+
+func decodeProblem(err error) observe.Problem {
+	p := observe.Problem{Status: http.StatusUnprocessableEntity, Code: "invalid_rate", Title: "invalid rate",
+		Detail: err.Error()}
+	switch {
+	case errors.Is(err, eventing.ErrUnknownType):
+		p.Code, p.Title = "unknown_event_type", "not a kawase.rate.v1 event"
+	case errors.Is(err, ErrOutOfRange):
+		p.Code, p.Title = "rate_out_of_range", "rate out of range"
+	}
+	return p
+}
+
+// checkRange refuses a validated rate whose provider time or prices cannot be real: a time far in
+// the future would become the pair's high-water mark and block every real rate after it.
+func checkRange(r *eventing.RateV1, now time.Time) error {
+	if r.ProviderTime.Before(providerTimeMin) {
+		return fmt.Errorf("%w: %s provider time %s is before %s", ErrOutOfRange, r.Pair,
+			r.ProviderTime.Format(time.RFC3339), providerTimeMin.Format(time.RFC3339))
+	}
+	if r.ProviderTime.Sub(now) > providerTimeAheadMaxMs*time.Millisecond {
+		return fmt.Errorf("%w: %s provider time %s is more than %d ms ahead of %s", ErrOutOfRange, r.Pair,
+			r.ProviderTime.Format(time.RFC3339Nano), providerTimeAheadMaxMs, now.Format(time.RFC3339Nano))
+	}
+	spec, err := fx.Lookup(r.Pair)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrOutOfRange, err)
+	}
+	factor := decimal.NewFromInt(priceBandFactor)
+	low, high := spec.ReferenceMid.Div(factor), spec.ReferenceMid.Mul(factor)
+	for _, p := range []decimal.Decimal{r.Bid, r.Ask} {
+		if p.LessThan(low) || p.GreaterThan(high) {
+			return fmt.Errorf("%w: %s price %s is outside %s..%s", ErrOutOfRange, r.Pair, p,
+				spec.FormatPrice(low), spec.FormatPrice(high))
+		}
+	}
+	return nil
+}

@@ -1,0 +1,164 @@
+package rates_test
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/kawase-fx/kawase/functions/rates"
+	ratesv1 "github.com/kawase-fx/kawase/proto/rates/v1"
+)
+
+// serveGRPC serves register's services on a real loopback listener and returns a client connection.
+func serveGRPC(t *testing.T, register func(*grpc.Server)) *grpc.ClientConn {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	register(gs)
+	go func() { _ = gs.Serve(ln) }()
+	t.Cleanup(gs.Stop)
+	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// TestGRPCRateService calls GetRates and WatchRates over a real listener.
+func TestGRPCRateService(t *testing.T) {
+	env := startRates(t, rates.Config{Pairs: apiPairs, ConflateInterval: 50 * time.Millisecond}, nil)
+	for _, p := range apiPairs {
+		env.publish(t, quote(p, 1, 1))
+	}
+	eventually(t, "ready", func() bool { return env.svc.Ready(t.Context()) == nil })
+	rc := ratesv1.NewRateServiceClient(serveGRPC(t, env.svc.RegisterGRPC))
+	ctx, cancel := context.WithTimeout(t.Context(), testTimeout)
+	defer cancel()
+
+	all, err := rc.GetRates(ctx, &ratesv1.GetRatesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustf(t, len(all.Rates) == len(apiPairs), "GetRates returned %d rates", len(all.Rates))
+	r := all.Rates[0]
+	mustf(t, r.Pair == "USD_JPY" && r.Bid == "151.421" && r.Ask == "151.423" && r.Spread == "0.002" && r.Tradeable &&
+		r.QuoteId == "1" && r.Time.AsTime().Equal(quote("USD_JPY", 1, 1).ProviderTime), "GetRates USD_JPY: %v", r)
+	some, err := rc.GetRates(ctx, &ratesv1.GetRatesRequest{Pairs: []string{"EUR_USD"}})
+	mustf(t, err == nil && len(some.Rates) == 1 && some.Rates[0].Pair == "EUR_USD", "GetRates EUR_USD: %v %v", some, err)
+	if _, err := rc.GetRates(ctx, &ratesv1.GetRatesRequest{Pairs: []string{"NOPE"}}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("GetRates of an unknown pair: %v", err)
+	}
+
+	watch, err := rc.WatchRates(ctx, &ratesv1.WatchRatesRequest{Pairs: []string{"GBP_JPY"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := watch.Recv()
+	mustf(t, err == nil && first.Snapshot && len(first.Rates) == 1 && first.Rates[0].Pair == "GBP_JPY", "first: %v %v", first, err)
+	env.publish(t, quote("USD_JPY", 2, 1), quote("GBP_JPY", 2, 1))
+	env.publish(t, quote("GBP_JPY", 3, 1))
+	for {
+		msg, err := watch.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustf(t, !msg.Snapshot && len(msg.Rates) == 1 && msg.Rates[0].Pair == "GBP_JPY", "update: %v", msg)
+		if msg.Rates[0].Bid == "191.973" {
+			break
+		}
+	}
+	if w, err := rc.WatchRates(ctx, &ratesv1.WatchRatesRequest{Pairs: []string{"USD_JPY", "USD_JPY"}}); err == nil {
+		if _, err := w.Recv(); status.Code(err) != codes.InvalidArgument {
+			t.Fatalf("WatchRates with a pair twice: %v", err)
+		}
+	}
+}
+
+// candleStub stands in for the ratekeeper's CandleService (the real one is tested in its package;
+// this package may not import it).
+type candleStub struct {
+	ratesv1.UnimplementedCandleServiceServer
+	fail codes.Code
+	got  *ratesv1.GetCandlesRequest
+}
+
+func (c *candleStub) GetCandles(_ context.Context, req *ratesv1.GetCandlesRequest) (*ratesv1.GetCandlesResponse, error) {
+	c.got = req
+	if c.fail != codes.OK {
+		return nil, status.Error(c.fail, "stub failure")
+	}
+	t0 := time.Date(2026, 1, 5, 9, 0, 0, 0, time.UTC)
+	return &ratesv1.GetCandlesResponse{Pair: req.Pair, Granularity: req.Granularity, Candles: []*ratesv1.Candle{
+		{Time: timestamppb.New(t0), Bid: &ratesv1.OHLC{Open: "151.420", High: "151.480", Low: "151.400", Close: "151.450"},
+			Ask: &ratesv1.OHLC{Open: "151.423", High: "151.483", Low: "151.403", Close: "151.453"}, Volume: 1200, Complete: true},
+	}}, nil
+}
+
+// TestCandlesProxied serves GET /v1/rates/{pair}/candles through a CandleService over a real gRPC
+// listener, and maps its errors and bad queries to problem+json.
+func TestCandlesProxied(t *testing.T) {
+	stub := &candleStub{}
+	conn := serveGRPC(t, func(s *grpc.Server) { ratesv1.RegisterCandleServiceServer(s, stub) })
+	env := startRates(t, rates.Config{Pairs: apiPairs}, ratesv1.NewCandleServiceClient(conn))
+	r := get(t, env.srv.URL+"/v1/rates/usd_jpy/candles?granularity=M5&count=7")
+	mustf(t, r.status == http.StatusOK, "candles: %d %s", r.status, r.body)
+	mustf(t, stub.got.Pair == "USD_JPY" && stub.got.Granularity == ratesv1.Granularity_GRANULARITY_M5 && stub.got.Count == 7,
+		"the ratekeeper was asked %v", stub.got)
+	var body struct {
+		Pair, Granularity string
+		Candles           []struct {
+			Time     string
+			Bid, Ask struct{ O, H, L, C string }
+			Volume   int64
+			Complete bool
+		}
+	}
+	if err := json.Unmarshal([]byte(r.body), &body); err != nil {
+		t.Fatal(err)
+	}
+	c := body.Candles[0]
+	mustf(t, body.Pair == "USD_JPY" && body.Granularity == "M5" && len(body.Candles) == 1 && c.Time == "2026-01-05T09:00:00.000Z" &&
+		c.Bid.O == "151.420" && c.Bid.H == "151.480" && c.Ask.C == "151.453" && c.Volume == 1200 && c.Complete, "candles body %s", r.body)
+	mustf(t, get(t, env.srv.URL+"/v1/rates/USD_JPY/candles?granularity=M5&count=7", "If-None-Match", r.header.Get("Etag")).status ==
+		http.StatusNotModified, "candles revalidation")
+	if d := get(t, env.srv.URL+"/v1/rates/USD_JPY/candles?granularity=H1"); d.status != 200 || stub.got.Count != 100 {
+		t.Fatalf("default count: %d, asked for %d", d.status, stub.got.Count)
+	}
+	for _, c := range []struct {
+		path   string
+		status int
+		code   string
+	}{
+		{"/v1/rates/USD_JPY/candles", 400, "invalid_granularity"},
+		{"/v1/rates/USD_JPY/candles?granularity=D", 400, "invalid_granularity"},
+		{"/v1/rates/USD_JPY/candles?granularity=M1&count=0", 400, "invalid_count"},
+		{"/v1/rates/USD_JPY/candles?granularity=M1&count=5001", 400, "invalid_count"},
+		{"/v1/rates/USD_JPY/candles?granularity=M1&count=ten", 400, "invalid_count"},
+		{"/v1/rates/NOPE/candles?granularity=M1", 404, "unknown_pair"},
+	} {
+		if r := get(t, env.srv.URL+c.path); r.status != c.status || problemCode(r) != c.code {
+			t.Errorf("GET %s: %d %s, want %d %s", c.path, r.status, r.body, c.status, c.code)
+		}
+	}
+	stub.fail = codes.Unavailable
+	if r := get(t, env.srv.URL+"/v1/rates/USD_JPY/candles?granularity=M1"); r.status != 503 || problemCode(r) != "candles_unavailable" {
+		t.Errorf("ratekeeper down: %d %s", r.status, r.body)
+	}
+	noCandles := startRates(t, rates.Config{Pairs: apiPairs}, nil)
+	if r := get(t, noCandles.srv.URL+"/v1/rates/USD_JPY/candles?granularity=M1"); r.status != 503 || problemCode(r) != "candles_unavailable" {
+		t.Errorf("no candle source: %d %s", r.status, r.body)
+	}
+}

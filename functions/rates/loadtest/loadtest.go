@@ -1,0 +1,358 @@
+// Package loadtest measures the rates API from the outside: Run drives GET requests at a URL with a
+// number of concurrent keep-alive clients and reports requests/s and latency percentiles; Stream
+// holds many SSE clients open and reports how late updates reach them. The package benchmarks and
+// the bench program (with `kawase dev` running) both use it.
+package loadtest
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Limits of a load run.
+const (
+	concurrencyMax     = 10_000
+	latencySamplesMax  = 2_000_000
+	requestTimeoutMs   = 10_000
+	streamClientsMax   = 20_000
+	connectTimeoutMs   = 30_000
+	streamDialBatchMax = 200
+	// streamReadBufferBytes holds a whole update batch of 50 pairs.
+	streamReadBufferBytes = 16 << 10
+)
+
+// Options describes a GET load.
+type Options struct {
+	// URL is requested with GET, e.g. http://127.0.0.1:8080/v1/rates.
+	URL string
+	// Concurrency is the number of clients, each with its own keep-alive connection.
+	Concurrency int
+	// Duration of the run; ignored when Requests is set.
+	Duration time.Duration
+	// Requests, when positive, ends the run after this many requests in all.
+	Requests int
+	// Revalidate sends If-None-Match with the last ETag seen, as a browser cache would; answers
+	// are then mostly 304.
+	Revalidate bool
+	// Client is the HTTP client to use; nil builds one with a connection per worker.
+	Client *http.Client
+}
+
+// Result is what a GET load measured.
+type Result struct {
+	Requests    int64
+	NotModified int64
+	// Errors counts transport errors and answers other than 200 and 304.
+	Errors         int64
+	Bytes          int64
+	Elapsed        time.Duration
+	RequestsPerSec float64
+	P50, P99, Max  time.Duration
+}
+
+// String summarizes the run on one line.
+func (r Result) String() string {
+	return fmt.Sprintf("%d requests in %v: %.0f req/s, p50 %v, p99 %v, max %v, %d not modified, %d errors",
+		r.Requests, r.Elapsed.Round(time.Millisecond), r.RequestsPerSec, r.P50, r.P99, r.Max, r.NotModified, r.Errors)
+}
+
+// NewClient returns an HTTP client that keeps one idle connection per worker.
+func NewClient(concurrency int) *http.Client {
+	return &http.Client{Timeout: requestTimeoutMs * time.Millisecond, Transport: &http.Transport{
+		MaxIdleConns: concurrency, MaxIdleConnsPerHost: concurrency, MaxConnsPerHost: concurrency,
+		DisableCompression: true, IdleConnTimeout: time.Minute, ReadBufferSize: 64 << 10}}
+}
+
+// Run drives the load and returns its figures; it fails only on bad options or when every request
+// failed.
+func Run(ctx context.Context, o Options) (Result, error) {
+	if o.URL == "" || o.Concurrency < 1 || o.Concurrency > concurrencyMax || (o.Requests <= 0 && o.Duration <= 0) {
+		return Result{}, fmt.Errorf("loadtest: need a URL, 1 to %d clients and a duration or request count", concurrencyMax)
+	}
+	hc := o.Client
+	if hc == nil {
+		hc = NewClient(o.Concurrency)
+	}
+	if o.Requests <= 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, o.Duration)
+		defer cancel()
+	}
+	var (
+		remaining               atomic.Int64
+		requests, nm, errs, nbs atomic.Int64
+		mu                      sync.Mutex
+		all                     []time.Duration
+		wg                      sync.WaitGroup
+	)
+	remaining.Store(int64(o.Requests))
+	perWorkerMax := latencySamplesMax / o.Concurrency
+	start := time.Now()
+	for range o.Concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w := worker{hc: hc, url: o.URL, revalidate: o.Revalidate}
+			lat := make([]time.Duration, 0, min(perWorkerMax, 1<<14))
+			for ctx.Err() == nil && (o.Requests <= 0 || remaining.Add(-1) >= 0) {
+				d, status, n, err := w.get(ctx)
+				if ctx.Err() != nil && o.Requests <= 0 {
+					break // the run ended mid-request: not a measurement
+				}
+				requests.Add(1)
+				nbs.Add(n)
+				switch {
+				case err != nil || (status != http.StatusOK && status != http.StatusNotModified):
+					errs.Add(1)
+				case status == http.StatusNotModified:
+					nm.Add(1)
+				}
+				if len(lat) < perWorkerMax {
+					lat = append(lat, d)
+				}
+			}
+			mu.Lock()
+			all = append(all, lat...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	res := Result{Requests: requests.Load(), NotModified: nm.Load(), Errors: errs.Load(), Bytes: nbs.Load(), Elapsed: elapsed}
+	res.RequestsPerSec = float64(res.Requests) / elapsed.Seconds()
+	res.P50, res.P99, res.Max = percentiles(all)
+	if res.Requests > 0 && res.Errors == res.Requests {
+		return res, fmt.Errorf("loadtest: all %d requests to %s failed", res.Requests, o.URL)
+	}
+	return res, nil
+}
+
+type worker struct {
+	hc         *http.Client
+	url        string
+	revalidate bool
+	etag       string
+	req        *http.Request
+}
+
+// get makes one request; the worker's request is reused, as requests run one after another.
+func (w *worker) get(ctx context.Context) (time.Duration, int, int64, error) {
+	if w.req == nil {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, w.url, nil)
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		w.req = req
+	}
+	req := w.req
+	if w.revalidate && w.etag != "" {
+		req.Header["If-None-Match"] = []string{w.etag}
+	}
+	start := time.Now()
+	resp, err := w.hc.Do(req)
+	if err != nil {
+		return time.Since(start), 0, 0, err
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	d := time.Since(start)
+	if e := resp.Header.Get("Etag"); e != "" {
+		w.etag = e
+	}
+	return d, resp.StatusCode, n, err
+}
+
+// percentiles returns p50, p99 and the maximum of samples (sorted in place).
+func percentiles(samples []time.Duration) (p50, p99, maxD time.Duration) {
+	if len(samples) == 0 {
+		return 0, 0, 0
+	}
+	slices.Sort(samples)
+	at := func(q float64) time.Duration { return samples[min(len(samples)-1, int(q*float64(len(samples))))] }
+	return at(0.50), at(0.99), samples[len(samples)-1]
+}
+
+// StreamOptions describes an SSE load.
+type StreamOptions struct {
+	// URL is the stream URL, e.g. http://127.0.0.1:8080/v1/rates/stream.
+	URL string
+	// Clients is the number of concurrent streams.
+	Clients int
+	// Duration is how long the streams are held open after they all connected.
+	Duration time.Duration
+}
+
+// StreamResult is what an SSE load measured. Lag is from the server publishing an update batch (its
+// ": emitted" comment) to a client having read it; Age is from the rate's provider time to then.
+type StreamResult struct {
+	Clients, Connected, Ended int
+	Updates                   int64
+	LagP50, LagP99, LagMax    time.Duration
+	AgeP50, AgeP99            time.Duration
+	ConnectTime               time.Duration
+}
+
+// String summarizes the run on one line.
+func (r StreamResult) String() string {
+	return fmt.Sprintf("%d/%d streams, %d updates: lag p50 %v p99 %v max %v; rate age p50 %v p99 %v; %d ended early",
+		r.Connected, r.Clients, r.Updates, r.LagP50, r.LagP99, r.LagMax, r.AgeP50, r.AgeP99, r.Ended)
+}
+
+// Stream opens o.Clients streams, waits until every one has its snapshot, then records for
+// o.Duration how late each update batch arrives in full. Its reader only scans for the batch
+// markers, so thousands of clients can share a machine with the server.
+func Stream(ctx context.Context, o StreamOptions) (StreamResult, error) {
+	if o.URL == "" || o.Clients < 1 || o.Clients > streamClientsMax || o.Duration <= 0 {
+		return StreamResult{}, fmt.Errorf("loadtest: need a stream URL, 1 to %d clients and a duration", streamClientsMax)
+	}
+	hc := NewClient(o.Clients)
+	hc.Timeout = 0
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		connected, ended sync.WaitGroup
+		measuring        atomic.Bool
+		mu               sync.Mutex
+		lags, ages       []time.Duration
+		updates          atomic.Int64
+		endedEarly       atomic.Int64
+		ready            atomic.Int64
+	)
+	connected.Add(o.Clients)
+	start := time.Now()
+	for i := range o.Clients {
+		if i%streamDialBatchMax == 0 && i > 0 {
+			time.Sleep(10 * time.Millisecond) // pace the dialing so the listener's backlog keeps up
+		}
+		ended.Add(1)
+		go func() {
+			defer ended.Done()
+			var once sync.Once
+			markReady := func() { once.Do(func() { ready.Add(1); connected.Done() }) }
+			defer markReady()
+			sr := streamReader{onSnapshot: markReady, measuring: &measuring}
+			err := sr.read(ctx, hc, o.URL)
+			if ctx.Err() == nil && err != nil {
+				endedEarly.Add(1)
+			}
+			updates.Add(int64(len(sr.lags)))
+			mu.Lock()
+			lags, ages = append(lags, sr.lags...), append(ages, sr.ages...)
+			mu.Unlock()
+		}()
+	}
+	if !waitGroup(ctx, &connected, connectTimeoutMs*time.Millisecond) {
+		cancel()
+		ended.Wait()
+		return StreamResult{Clients: o.Clients}, fmt.Errorf("loadtest: streams not connected after %d ms", connectTimeoutMs)
+	}
+	connectTime := time.Since(start)
+	measuring.Store(true)
+	select {
+	case <-ctx.Done():
+	case <-time.After(o.Duration):
+	}
+	measuring.Store(false)
+	cancel()
+	ended.Wait()
+	res := StreamResult{Clients: o.Clients, Connected: int(ready.Load()), Ended: int(endedEarly.Load()),
+		Updates: updates.Load(), ConnectTime: connectTime}
+	res.LagP50, res.LagP99, res.LagMax = percentiles(lags)
+	res.AgeP50, res.AgeP99, _ = percentiles(ages)
+	return res, nil
+}
+
+// streamReader reads one SSE stream cheaply: it only looks at the ": emitted" comment opening each
+// update batch, the first rate's time, and the snapshot event. A batch counts as delivered once
+// everything the connection had delivered is consumed (the server writes a batch in one write).
+type streamReader struct {
+	onSnapshot func()
+	measuring  *atomic.Bool
+	lags, ages []time.Duration
+}
+
+var (
+	emittedPrefix  = []byte(": emitted ")
+	snapshotPrefix = []byte("event: snapshot")
+	dataPrefix     = []byte("data: ")
+)
+
+func (s *streamReader) read(ctx context.Context, hc *http.Client, url string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("stream %s: %s", url, resp.Status)
+	}
+	br := bufio.NewReaderSize(resp.Body, streamReadBufferBytes)
+	var emitted, provider time.Time
+	for {
+		line, err := br.ReadSlice('\n')
+		switch {
+		case errors.Is(err, bufio.ErrBufferFull):
+			continue // the rest of a long line
+		case err != nil:
+			return err
+		}
+		switch {
+		case bytes.HasPrefix(line, emittedPrefix):
+			if us, perr := strconv.ParseInt(string(bytes.TrimSpace(line[len(emittedPrefix):])), 10, 64); perr == nil {
+				emitted, provider = time.UnixMicro(us), time.Time{}
+			}
+		case bytes.HasPrefix(line, snapshotPrefix):
+			s.onSnapshot()
+		case !emitted.IsZero() && provider.IsZero() && bytes.HasPrefix(line, dataPrefix):
+			provider, _ = rateTime(string(line))
+		}
+		if br.Buffered() == 0 && !emitted.IsZero() {
+			if s.measuring.Load() {
+				now := time.Now()
+				s.lags = append(s.lags, now.Sub(emitted))
+				if !provider.IsZero() {
+					s.ages = append(s.ages, now.Sub(provider))
+				}
+			}
+			emitted = time.Time{}
+		}
+	}
+}
+
+func waitGroup(ctx context.Context, wg *sync.WaitGroup, timeout time.Duration) bool {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-time.After(timeout):
+	case <-ctx.Done():
+	}
+	return false
+}
+
+// rateTime extracts "time" from a rate's JSON without a full decode.
+func rateTime(data string) (time.Time, bool) {
+	const key = `"time":"`
+	i := strings.Index(data, key)
+	if i < 0 || len(data) < i+len(key)+24 {
+		return time.Time{}, false
+	}
+	t, err := time.Parse(time.RFC3339Nano, data[i+len(key):i+len(key)+24])
+	return t, err == nil
+}

@@ -1,0 +1,65 @@
+package loadtest_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/kawase-fx/kawase/functions/rates/loadtest"
+)
+
+// TestRunCountsAndRevalidates drives a small load at a server that answers 304 to a matching
+// If-None-Match, and checks the counts and that revalidation happened.
+func TestRunCountsAndRevalidates(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Etag", `"v1"`)
+		if r.Header.Get("If-None-Match") == `"v1"` {
+			w.WriteHeader(http.StatusNotModified)
+			return
+		}
+		fmt.Fprint(w, `{"rates":[]}`)
+	}))
+	defer srv.Close()
+	res, err := loadtest.Run(context.Background(), loadtest.Options{URL: srv.URL, Concurrency: 4, Requests: 200, Revalidate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Requests != 200 || res.Errors != 0 || res.NotModified != 196 || res.P99 < res.P50 || res.RequestsPerSec <= 0 {
+		t.Fatalf("got %v", res)
+	}
+	if _, err := loadtest.Run(context.Background(), loadtest.Options{URL: srv.URL}); err == nil {
+		t.Fatal("no concurrency accepted")
+	}
+}
+
+// TestStreamMeasuresBatches holds two streams on a server that sends a snapshot and then an update
+// batch every 20 ms, and checks every stream connected and lags were measured.
+func TestStreamMeasuresBatches(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprint(w, "event: snapshot\ndata: {\"rates\":[]}\n\n")
+		w.(http.Flusher).Flush()
+		for {
+			select {
+			case <-r.Context().Done():
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			now := time.Now()
+			fmt.Fprintf(w, ": emitted %d\nevent: rate\ndata: {\"pair\":\"USD_JPY\",\"time\":\"%s\"}\n\n",
+				now.UnixMicro(), now.UTC().Format("2006-01-02T15:04:05.000Z07:00"))
+			w.(http.Flusher).Flush()
+		}
+	}))
+	defer srv.Close()
+	res, err := loadtest.Stream(context.Background(), loadtest.StreamOptions{URL: srv.URL, Clients: 2, Duration: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Connected != 2 || res.Ended != 0 || res.Updates < 4 || res.LagMax <= 0 || res.AgeP99 <= 0 {
+		t.Fatalf("got %v", res)
+	}
+}

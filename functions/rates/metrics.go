@@ -1,0 +1,57 @@
+package rates
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	applied       map[applied]prometheus.Counter
+	undecodable   prometheus.Counter
+	tailErrors    prometheus.Counter
+	freshness     prometheus.Histogram
+	notModified   prometheus.Counter
+	served        prometheus.Counter
+	badRequests   prometheus.Counter
+	streamClients prometheus.Gauge
+	streamDropped prometheus.Counter
+	streamBatches prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	appliedVec := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "kawase_rates_applied_total",
+		Help: "Rates read from the topic, by what the snapshot did with them."}, []string{"outcome"})
+	requests := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "kawase_rates_requests_total",
+		Help: "REST rate requests, by result."}, []string{"result"})
+	m := &metrics{
+		applied: map[applied]prometheus.Counter{
+			appliedAccepted:   appliedVec.WithLabelValues("accepted"),
+			appliedDuplicate:  appliedVec.WithLabelValues("duplicate"),
+			appliedStaleEpoch: appliedVec.WithLabelValues("stale_epoch"),
+			appliedIgnored:    appliedVec.WithLabelValues("ignored"),
+		},
+		undecodable: appliedVec.WithLabelValues("invalid"),
+		tailErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "kawase_rates_tail_errors_total",
+			Help: "Failed fetches from the rates topic (the partition reader is restarted)."}),
+		freshness: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "kawase_rates_freshness_seconds",
+			Help:    "From the feeder's receipt of a rate to its publication in this replica's snapshot.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+		notModified: requests.WithLabelValues("not_modified"),
+		served:      requests.WithLabelValues("ok"),
+		badRequests: requests.WithLabelValues("bad_request"),
+		streamClients: prometheus.NewGauge(prometheus.GaugeOpts{Name: "kawase_rates_stream_clients",
+			Help: "Connected SSE and gRPC stream clients."}),
+		streamDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "kawase_rates_stream_dropped_total",
+			Help: "Stream clients dropped for falling behind."}),
+		streamBatches: prometheus.NewCounter(prometheus.CounterOpts{Name: "kawase_rates_stream_batches_total",
+			Help: "Conflated update batches published to stream clients."}),
+	}
+	for _, c := range []prometheus.Collector{appliedVec, requests, m.tailErrors, m.freshness, m.streamClients,
+		m.streamDropped, m.streamBatches} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register metrics: %w", err)
+		}
+	}
+	return m, nil
+}

@@ -1,0 +1,187 @@
+package rates
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"go.uber.org/zap"
+
+	"github.com/kawase-fx/kawase/eventing"
+	"github.com/kawase-fx/kawase/eventing/cekafka"
+)
+
+// Limits of tailing the topic. Each replica reads every partition itself (no consumer group: every
+// replica must see every pair), starting BackfillRecords back from the end.
+const (
+	tailMaxWaitMs        = 250
+	tailBytesMax         = 4 << 20
+	tailQueueMessagesMax = 1000
+	discoverTimeoutMs    = 10_000
+	discoverBackoffMs    = 250
+	discoverBackoffMaxMs = 5_000
+	fetchErrorBackoffMs  = 200
+)
+
+// tailer reads every partition of the rates topic and hands each rate to apply.
+type tailer struct {
+	cfg   Config
+	apply func(*eventing.RateV1) bool
+	log   *zap.SugaredLogger
+	m     *metrics
+	// pending counts partitions not yet read up to where they ended at start-up; -1 until the
+	// partitions are discovered.
+	pending atomic.Int64
+}
+
+func newTailer(cfg Config, apply func(*eventing.RateV1) bool, log *zap.SugaredLogger, m *metrics) *tailer {
+	t := &tailer{cfg: cfg, apply: apply, log: log, m: m}
+	t.pending.Store(-1)
+	return t
+}
+
+// behind is the number of partitions not caught up yet (all of them before discovery).
+func (t *tailer) behind() int64 {
+	if n := t.pending.Load(); n >= 0 {
+		return n
+	}
+	return int64(1 << 30)
+}
+
+// partitionRange is where a partition's tail starts and where it ended at start-up.
+type partitionRange struct {
+	partition  int
+	start, end int64
+}
+
+func (t *tailer) run(ctx context.Context) error {
+	ranges, err := t.discoverUntilDone(ctx)
+	if err != nil {
+		return err
+	}
+	pending := int64(0)
+	for _, r := range ranges {
+		if r.start < r.end {
+			pending++
+		}
+	}
+	t.pending.Store(pending)
+	var wg sync.WaitGroup
+	for _, r := range ranges {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t.readPartition(ctx, r)
+		}()
+	}
+	wg.Wait()
+	return ctx.Err()
+}
+
+// discoverUntilDone retries discovery with a capped backoff until it succeeds or ctx ends: a replica
+// without the topic stays unready rather than failing.
+func (t *tailer) discoverUntilDone(ctx context.Context) ([]partitionRange, error) {
+	backoff := discoverBackoffMs * time.Millisecond
+	for {
+		ranges, err := t.discover(ctx)
+		if err == nil {
+			return ranges, nil
+		}
+		t.m.tailErrors.Inc()
+		t.log.Warnw("cannot discover the rates topic yet; retrying", "topic", t.cfg.Topic, "error", err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, discoverBackoffMaxMs*time.Millisecond)
+	}
+}
+
+func (t *tailer) discover(ctx context.Context) ([]partitionRange, error) {
+	ctx, cancel := context.WithTimeout(ctx, discoverTimeoutMs*time.Millisecond)
+	defer cancel()
+	client := &kafka.Client{Addr: kafka.TCP(t.cfg.Brokers...), Timeout: discoverTimeoutMs * time.Millisecond}
+	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{t.cfg.Topic}})
+	if err != nil {
+		return nil, fmt.Errorf("metadata of %s: %w", t.cfg.Topic, err)
+	}
+	if len(md.Topics) != 1 || md.Topics[0].Error != nil || len(md.Topics[0].Partitions) == 0 {
+		return nil, fmt.Errorf("metadata of %s: topic missing or without partitions", t.cfg.Topic)
+	}
+	var reqs []kafka.OffsetRequest
+	for _, p := range md.Topics[0].Partitions {
+		reqs = append(reqs, kafka.FirstOffsetOf(p.ID), kafka.LastOffsetOf(p.ID))
+	}
+	offs, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{t.cfg.Topic: reqs}})
+	if err != nil {
+		return nil, fmt.Errorf("offsets of %s: %w", t.cfg.Topic, err)
+	}
+	var ranges []partitionRange
+	for _, po := range offs.Topics[t.cfg.Topic] {
+		if po.Error != nil {
+			return nil, fmt.Errorf("offsets of %s/%d: %w", t.cfg.Topic, po.Partition, po.Error)
+		}
+		start := max(po.FirstOffset, po.LastOffset-int64(t.cfg.BackfillRecords))
+		ranges = append(ranges, partitionRange{partition: po.Partition, start: start, end: po.LastOffset})
+	}
+	if len(ranges) != len(md.Topics[0].Partitions) {
+		return nil, fmt.Errorf("offsets of %s: %d of %d partitions", t.cfg.Topic, len(ranges), len(md.Topics[0].Partitions))
+	}
+	return ranges, nil
+}
+
+// readPartition applies every record of one partition from r.start on, until ctx ends. kafka-go's
+// partition reader reconnects by itself; a fetch error is counted and the fetch retried after a
+// short pause, so a broker outage makes rates stale (and not tradeable) rather than stopping the tail.
+func (t *tailer) readPartition(ctx context.Context, r partitionRange) {
+	reader := kafka.NewReader(kafka.ReaderConfig{Brokers: t.cfg.Brokers, Topic: t.cfg.Topic, Partition: r.partition,
+		MinBytes: 1, MaxBytes: tailBytesMax, MaxWait: tailMaxWaitMs * time.Millisecond, QueueCapacity: tailQueueMessagesMax})
+	defer reader.Close()
+	if err := reader.SetOffset(r.start); err != nil {
+		panic(fmt.Sprintf("rates: set offset on a new reader: %v", err)) // only fails once reading started
+	}
+	caughtUp := r.start >= r.end
+	for {
+		m, err := reader.FetchMessage(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			t.m.tailErrors.Inc()
+			t.log.Warnw("fetch from the rates topic failed; retrying", "partition", r.partition, "error", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(fetchErrorBackoffMs * time.Millisecond):
+			}
+			continue
+		}
+		t.applyMessage(m)
+		if !caughtUp && m.Offset+1 >= r.end {
+			caughtUp = true
+			t.pending.Add(-1)
+		}
+	}
+}
+
+func (t *tailer) applyMessage(m kafka.Message) {
+	e, err := cekafka.FromMessage(m)
+	var rate *eventing.RateV1
+	if err == nil {
+		rate, err = eventing.Decode[eventing.RateV1](e, eventing.TypeRate)
+	}
+	if err != nil {
+		// The ratekeeper dead-letters such records; here they are only skipped and counted.
+		t.m.undecodable.Inc()
+		if !errors.Is(err, eventing.ErrInvalid) && !errors.Is(err, eventing.ErrUnknownType) && !errors.Is(err, cekafka.ErrNotCloudEvent) {
+			t.log.Warnw("undecodable record on the rates topic", "partition", m.Partition, "offset", m.Offset, "error", err)
+		}
+		return
+	}
+	t.apply(rate)
+}
