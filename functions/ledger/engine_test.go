@@ -1,0 +1,290 @@
+package ledger
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/shopspring/decimal"
+
+	"github.com/kawase-fx/kawase/eventing"
+	"github.com/kawase-fx/kawase/eventing/fx"
+)
+
+func d(s string) decimal.Decimal { return decimal.RequireFromString(s) }
+
+func dp(s string) *decimal.Decimal { v := d(s); return &v }
+
+var testNow = time.Date(2026, 3, 2, 9, 0, 0, 0, time.UTC)
+
+// testBook is the deterministic in-memory price source of the unit tests.
+func testBook() *QuoteBook {
+	b := NewQuoteBook()
+	for _, q := range [][3]string{
+		{"USD_JPY", "150.000", "150.010"}, {"EUR_USD", "1.10000", "1.10010"}, {"EUR_JPY", "165.000", "165.020"},
+		{"GBP_USD", "1.25000", "1.25010"}, {"EUR_GBP", "0.88000", "0.88010"}, {"GBP_JPY", "187.500", "187.520"},
+	} {
+		b.Set(Quote{Pair: fx.Pair(q[0]), Bid: d(q[1]), Ask: d(q[2]), Time: testNow, Tradeable: true, QuoteID: "q1"})
+	}
+	return b
+}
+
+func testLedger(t *testing.T, prices PriceSource) *Ledger {
+	t.Helper()
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Ledger{cfg: DefaultConfig(), prices: prices, m: m}
+}
+
+func placeCmd(id, pair, side, units, typ string) *eventing.OrderCommandV1 {
+	o := &eventing.OrderSpec{Pair: fx.Pair(pair), Side: side, Units: d(units), Type: typ, TimeInForce: eventing.TimeInForceFOK}
+	if typ != eventing.OrderTypeMarket {
+		o.TimeInForce = eventing.TimeInForceGTC
+	}
+	return &eventing.OrderCommandV1{CommandID: "place:" + id, Kind: eventing.CommandPlace, AccountID: "A", OrderID: id, Order: o, RequestedAt: testNow}
+}
+
+func newAccount(ccy fx.Currency, balance string) *accountState {
+	return &accountState{ID: "A", Currency: ccy, Balance: d(balance), TxSeq: 1, Positions: map[fx.Pair]position{}}
+}
+
+func TestNetting(t *testing.T) {
+	cases := []struct {
+		name                 string
+		u0, a0, units, price string
+		wantUnits, wantAvg   string
+		wantRealized         string
+	}{
+		{"open long", "0", "0", "1000", "150.010", "1000", "150.01", "0"},
+		{"add long averages", "1000", "150.000", "3000", "150.100", "4000", "150.075", "0"},
+		{"reduce long realizes", "4000", "150.075", "-1000", "150.175", "3000", "150.075", "100"},
+		{"close long", "3000", "150.075", "-3000", "150.000", "0", "0", "-225"},
+		{"flip long to short", "1000", "150.000", "-3000", "151.000", "-2000", "151", "1000"},
+		{"reduce short realizes", "-2000", "151.000", "500", "150.000", "-1500", "151", "500"},
+	}
+	for _, c := range cases {
+		res := net(position{Pair: "USD_JPY", Units: d(c.u0), AveragePrice: d(c.a0)}, d(c.units), d(c.price), 3)
+		if !res.After.Units.Equal(d(c.wantUnits)) || !res.After.AveragePrice.Equal(d(c.wantAvg)) || !res.Realized.Equal(d(c.wantRealized)) {
+			t.Errorf("%s: got units %s avg %s realized %s, want %s %s %s", c.name, res.After.Units, res.After.AveragePrice,
+				res.Realized, c.wantUnits, c.wantAvg, c.wantRealized)
+		}
+	}
+}
+
+func TestConversionDirectInverseAndThroughUSD(t *testing.T) {
+	p := pricer{prices: testBook()}
+	cases := []struct {
+		from, to fx.Currency
+		want     string
+	}{
+		{"JPY", "JPY", "1"},
+		{"USD", "JPY", "150.005"},
+		{"JPY", "USD", "0.006666444452"},
+		{"GBP", "JPY", "187.51"},
+		// GBP -> USD directly (GBP_USD mid 1.25005).
+		{"GBP", "USD", "1.25005"},
+	}
+	for _, c := range cases {
+		got, err := p.conversion(c.from, c.to)
+		if err != nil || !got.Equal(d(c.want)) {
+			t.Errorf("%s->%s = %s, %v; want %s", c.from, c.to, got, err, c.want)
+		}
+	}
+	if _, err := p.conversion("CHF", "JPY"); err == nil {
+		t.Error("CHF->JPY without quotes converted")
+	}
+}
+
+func TestEntryMustBalancePanics(t *testing.T) {
+	var e entry
+	e.transfer(HouseDealer, "A", "JPY", d("100"))
+	e.mustBalance("balanced")
+	e = append(e, posting{Book: "A", Currency: "JPY", Amount: d("1")})
+	defer func() {
+		if r := recover(); r == nil || !strings.Contains(r.(string), "unbalanced") {
+			t.Fatalf("recover = %v, want an unbalanced-entry panic", r)
+		}
+	}()
+	e.mustBalance("unbalanced")
+}
+
+func TestMarketOrderFillsAtAskAndBid(t *testing.T) {
+	l := testLedger(t, testBook())
+	acct := newAccount("JPY", "1000000")
+	eff := newEngine(l, acct, placeCmd("o1", "USD_JPY", "buy", "10000", "market"), testNow).apply(target{})
+	if eff.Result.Status != eventing.ResultFilled || !eff.Result.Price.Equal(d("150.010")) {
+		t.Fatalf("buy result = %+v", eff.Result)
+	}
+	eff = newEngine(l, acct, placeCmd("o2", "USD_JPY", "sell", "4000", "market"), testNow).apply(target{})
+	// Sold 4,000 at the bid 150.000 against an average of 150.010: realized -40 JPY.
+	if eff.Result.Status != eventing.ResultFilled || !eff.Result.Price.Equal(d("150.000")) || !eff.Executions[0].RealizedPL.Equal(d("-40")) {
+		t.Fatalf("sell result = %+v %+v", eff.Result, eff.Executions)
+	}
+	if !acct.Balance.Equal(d("999960")) || !acct.Positions["USD_JPY"].Units.Equal(d("6000")) {
+		t.Fatalf("account after = %s %+v", acct.Balance, acct.Positions)
+	}
+	tx := eff.Transactions[0]
+	if tx.Type != TxOrderFill || !tx.Amount.Equal(d("-40")) || len(tx.Entry.imbalance()) != 0 || acct.ExecSeq != 2 || tx.ID != 3 {
+		t.Fatalf("transaction = %+v (exec seq %d)", tx, acct.ExecSeq)
+	}
+}
+
+func TestRealizedPLConvertsThroughHouseFX(t *testing.T) {
+	l := testLedger(t, testBook())
+	acct := newAccount("JPY", "1000000")
+	acct.Positions["EUR_USD"] = position{Pair: "EUR_USD", Units: d("10000"), AveragePrice: d("1.09000")}
+	eff := newEngine(l, acct, placeCmd("o1", "EUR_USD", "sell", "10000", "market"), testNow).apply(target{})
+	// 10,000 x (1.10000 - 1.09000) = 100 USD, at USD_JPY mid 150.005 = 15,000.5 -> 15,001 JPY (rounded).
+	x := eff.Executions[0]
+	if !x.RealizedPL.Equal(d("15001")) || x.Currency != "JPY" {
+		t.Fatalf("realized = %s %s", x.RealizedPL, x.Currency)
+	}
+	e := eff.Transactions[0].Entry
+	if !e.sumFor(HouseDealer, "USD").Equal(d("-100")) || !e.sumFor(HouseFX, "USD").Equal(d("100")) ||
+		!e.sumFor(HouseFX, "JPY").Equal(d("-15001")) || !e.sumFor("A", "JPY").Equal(d("15001")) {
+		t.Fatalf("postings = %+v", e)
+	}
+	if _, open := acct.Positions["EUR_USD"]; open || !eff.Positions["EUR_USD"].Units.IsZero() {
+		t.Fatalf("position not closed: %+v", acct.Positions)
+	}
+}
+
+func TestMarketOrderRefusals(t *testing.T) {
+	book := testBook()
+	book.Set(Quote{Pair: "GBP_JPY", Bid: d("187.500"), Ask: d("187.520"), Time: testNow.Add(-time.Minute), Tradeable: true})
+	book.Set(Quote{Pair: "EUR_JPY", Bid: d("165.000"), Ask: d("165.020"), Time: testNow, Tradeable: false})
+	l := testLedger(t, book)
+	bounded := placeCmd("o4", "USD_JPY", "buy", "1000", "market")
+	bounded.Order.PriceBound = dp("150.005")
+	cases := []struct {
+		cmd  *eventing.OrderCommandV1
+		want string
+	}{
+		{placeCmd("o1", "GBP_JPY", "buy", "1000", "market"), ReasonStalePrice},
+		{placeCmd("o2", "EUR_JPY", "buy", "1000", "market"), ReasonNotTradeable},
+		{placeCmd("o3", "AUD_JPY", "buy", "1000", "market"), ReasonNoPrice},
+		{bounded, ReasonPriceBound},
+		// 1,000,000 JPY at leverage 25 carries at most about 166,000 USD_JPY.
+		{placeCmd("o5", "USD_JPY", "buy", "170000", "market"), ReasonInsufficientMargin},
+	}
+	for _, c := range cases {
+		acct := newAccount("JPY", "1000000")
+		eff := newEngine(l, acct, c.cmd, testNow).apply(target{})
+		if eff.Result.Status != eventing.ResultRejected || eff.Result.Reason != c.want || len(eff.Executions) != 0 ||
+			eff.NewOrders[0].Status != StatusRejected || eff.Transactions[0].Type != TxOrderReject {
+			t.Errorf("%s: result %+v, want rejected %s", c.cmd.OrderID, eff.Result, c.want)
+		}
+		if !acct.Balance.Equal(d("1000000")) || len(acct.Positions) != 0 {
+			t.Errorf("%s: a refusal changed the account", c.cmd.OrderID)
+		}
+	}
+	acct := newAccount("JPY", "1000000")
+	if eff := newEngine(l, acct, placeCmd("o6", "USD_JPY", "buy", "160000", "market"), testNow).apply(target{}); eff.Result.Status != eventing.ResultFilled {
+		t.Fatalf("order within margin: %+v", eff.Result)
+	}
+	// Reducing a position is allowed however low the margin level.
+	if eff := newEngine(l, acct, placeCmd("o7", "USD_JPY", "sell", "100000", "market"), testNow).apply(target{}); eff.Result.Status != eventing.ResultFilled {
+		t.Fatalf("reducing order: %+v", eff.Result)
+	}
+}
+
+func TestPendingOrdersTriggerAndExpire(t *testing.T) {
+	book := testBook()
+	l := testLedger(t, book)
+	acct := newAccount("JPY", "1000000")
+	limit := placeCmd("L1", "USD_JPY", "buy", "1000", "limit")
+	limit.Order.Price = dp("149.500")
+	eff := newEngine(l, acct, limit, testNow).apply(target{})
+	if eff.Result.Status != eventing.ResultAccepted || eff.NewOrders[0].Status != StatusPending {
+		t.Fatalf("limit placement = %+v", eff.Result)
+	}
+	o := eff.NewOrders[0]
+	if crossed(o, Quote{Bid: d("149.500"), Ask: d("149.510")}) || !crossed(o, Quote{Bid: d("149.490"), Ask: d("149.500")}) {
+		t.Fatal("limit buy must trigger at ask <= price only")
+	}
+	stop := &order{Type: "stop", Side: "sell", Price: dp("149.000")}
+	if crossed(stop, Quote{Bid: d("149.001"), Ask: d("149.010")}) || !crossed(stop, Quote{Bid: d("149.000"), Ask: d("149.010")}) {
+		t.Fatal("stop sell must trigger at bid <= price only")
+	}
+	// The market moved through the limit: the trigger fills at the better of market and limit.
+	book.Set(Quote{Pair: "USD_JPY", Bid: d("149.300"), Ask: d("149.310"), Time: testNow, Tradeable: true})
+	trig := &eventing.OrderCommandV1{CommandID: "trigger:L1", Kind: eventing.CommandTrigger, AccountID: "A", OrderID: "L1"}
+	eff = newEngine(l, acct, trig, testNow).apply(target{Order: o})
+	if eff.Result.Status != eventing.ResultFilled || !eff.Result.Price.Equal(d("149.310")) || eff.Executions[0].Reason != ExecReasonTrigger {
+		t.Fatalf("trigger = %+v", eff.Result)
+	}
+	// The same trigger again finds the order filled and changes nothing.
+	eff = newEngine(l, acct, trig, testNow).apply(target{Order: o})
+	if eff.Result.Status != eventing.ResultRejected || eff.Result.Reason != ReasonOrderNotPending || len(eff.Transactions) != 0 {
+		t.Fatalf("second trigger = %+v", eff)
+	}
+	gtd := placeCmd("G1", "USD_JPY", "sell", "1000", "limit")
+	gtd.Order.Price, gtd.Order.TimeInForce = dp("151.000"), eventing.TimeInForceGTD
+	till := testNow.Add(time.Hour)
+	gtd.Order.GoodTill = &till
+	eff = newEngine(l, acct, gtd, testNow).apply(target{})
+	g := eff.NewOrders[0]
+	exp := &eventing.OrderCommandV1{CommandID: "expire:G1", Kind: eventing.CommandCancel, AccountID: "A", OrderID: "G1"}
+	eff = newEngine(l, acct, exp, till).apply(target{Order: g})
+	if g.Status != StatusExpired || eff.Transactions[0].Type != TxOrderExpire || eff.Result.Status != eventing.ResultCancelled {
+		t.Fatalf("expiry = %+v", eff)
+	}
+}
+
+func TestCloseOutBelowHalfMargin(t *testing.T) {
+	book := testBook()
+	l := testLedger(t, book)
+	acct := newAccount("JPY", "100000")
+	eff := newEngine(l, acct, placeCmd("o1", "USD_JPY", "buy", "16000", "market"), testNow).apply(target{})
+	if eff.Result.Status != eventing.ResultFilled {
+		t.Fatalf("open = %+v", eff.Result)
+	}
+	co := &eventing.OrderCommandV1{CommandID: "closeout:A:2:1", Kind: eventing.CommandCloseOut, AccountID: "A"}
+	if eff := newEngine(l, acct, co, testNow).apply(target{}); eff.Result.Reason != ReasonMarginSufficient || len(eff.Executions) != 0 {
+		t.Fatalf("close-out above 50%% = %+v", eff.Result)
+	}
+	// USD_JPY falls 4 yen: NAV = 100,000 - 16,000 x 4.01 < 50% of the margin (16,000 x 146 / 25).
+	book.Set(Quote{Pair: "USD_JPY", Bid: d("146.000"), Ask: d("146.010"), Time: testNow, Tradeable: true})
+	eff = newEngine(l, acct, co, testNow).apply(target{})
+	if eff.Result.Status != eventing.ResultFilled || eff.Result.Reason != ReasonMarginCloseout || len(eff.Executions) != 1 {
+		t.Fatalf("close-out = %+v", eff.Result)
+	}
+	x := eff.Executions[0]
+	if x.Reason != ExecReasonCloseout || x.Side != "sell" || !x.Price.Equal(d("146.000")) || !x.RealizedPL.Equal(d("-64160")) {
+		t.Fatalf("close-out execution = %+v", x)
+	}
+	if len(acct.Positions) != 0 || !acct.Balance.Equal(d("35840")) || eff.Transactions[0].Type != TxCloseoutFill {
+		t.Fatalf("after close-out: %s %+v", acct.Balance, acct.Positions)
+	}
+}
+
+func TestCancelAndDuplicates(t *testing.T) {
+	l := testLedger(t, testBook())
+	acct := newAccount("JPY", "1000000")
+	cancel := &eventing.OrderCommandV1{CommandID: "cancel:X", Kind: eventing.CommandCancel, AccountID: "A", OrderID: "X"}
+	if eff := newEngine(l, acct, cancel, testNow).apply(target{}); eff.Result.Reason != ReasonOrderNotFound || eff.Transactions[0].Type != TxCommandReject {
+		t.Fatalf("cancel unknown = %+v", eff.Result)
+	}
+	dup := placeCmd("o1", "USD_JPY", "buy", "1", "market")
+	dup.Order.ClientOrderID = "c1"
+	eff := newEngine(l, acct, dup, testNow).apply(target{ClientOrderIDTaken: true})
+	if eff.Result.Reason != ReasonDuplicateClientID || eff.NewOrders[0].Status != StatusRejected {
+		t.Fatalf("duplicate client id = %+v", eff.Result)
+	}
+	eff = newEngine(l, acct, placeCmd("o1", "USD_JPY", "buy", "1", "market"), testNow).apply(target{Order: &order{ID: "o1"}})
+	if eff.Result.Reason != ReasonDuplicateOrderID || len(eff.NewOrders) != 0 {
+		t.Fatalf("duplicate order id = %+v", eff.Result)
+	}
+}
+
+func TestSentKeyDropsCloseoutTimeBucket(t *testing.T) {
+	if got := sentKey("closeout:A:7:1700000000"); got != "closeout:A:7" {
+		t.Errorf("sentKey = %q", got)
+	}
+	if got := sentKey("trigger:o1"); got != "trigger:o1" {
+		t.Errorf("sentKey = %q", got)
+	}
+}

@@ -1,0 +1,249 @@
+package ledger
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/shopspring/decimal"
+
+	"github.com/kawase-fx/kawase/eventing"
+	"github.com/kawase-fx/kawase/eventing/fx"
+)
+
+// Account currencies the ledger opens accounts in.
+const (
+	CurrencyJPY fx.Currency = "JPY"
+	CurrencyUSD fx.Currency = "USD"
+)
+
+// pivotCurrency is the currency every other one has a direct pair with, so any two currencies convert
+// through it when they have no pair of their own.
+const pivotCurrency fx.Currency = "USD"
+
+// Valuation precision: average prices keep averagePriceDecimalsExtra more decimals than the pair's
+// price; conversion rates are computed to conversionDecimals.
+const (
+	averagePriceDecimalsExtra = 4
+	conversionDecimals        = 12
+	marginLevelDecimals       = 4
+)
+
+// Reasons an order or command is refused; stable snake_case codes shown to clients.
+const (
+	ReasonNoPrice            = "no_price"
+	ReasonNotTradeable       = "not_tradeable"
+	ReasonStalePrice         = "stale_price"
+	ReasonPriceBound         = "price_bound_exceeded"
+	ReasonInsufficientMargin = "insufficient_margin"
+	ReasonAccountNotFound    = "account_not_found"
+	ReasonOrderNotFound      = "order_not_found"
+	ReasonOrderNotPending    = "order_not_pending"
+	ReasonDuplicateOrderID   = "duplicate_order_id"
+	ReasonDuplicateClientID  = "duplicate_client_order_id"
+	ReasonGoodTillPassed     = "good_till_passed"
+	ReasonClientRequest      = "client_request"
+	ReasonExpired            = "expired"
+	ReasonMarginSufficient   = "margin_sufficient"
+	ReasonMarginCloseout     = "margin_closeout"
+	ReasonNoConversion       = "no_conversion_rate"
+)
+
+// errNoQuote marks a valuation that needs a quote the price source does not have.
+var errNoQuote = errors.New("no quote")
+
+// minorUnits is how many decimals amounts of a currency are booked with.
+func minorUnits(c fx.Currency) int32 {
+	switch c {
+	case "JPY":
+		return 0
+	}
+	return 2
+}
+
+// roundAmount rounds an amount of currency c to its minor units (half away from zero).
+func roundAmount(v decimal.Decimal, c fx.Currency) decimal.Decimal {
+	return v.Round(minorUnits(c))
+}
+
+// pricer values amounts and positions at the quotes of a price source.
+type pricer struct {
+	prices PriceSource
+}
+
+// conversion returns how many units of to one unit of from is worth at mid prices: directly through
+// the pair from_to or to_from, else through the pivot currency.
+func (p pricer) conversion(from, to fx.Currency) (decimal.Decimal, error) {
+	if from == to {
+		return decimal.NewFromInt(1), nil
+	}
+	if r, ok, err := p.direct(from, to); ok || err != nil {
+		return r, err
+	}
+	if from != pivotCurrency && to != pivotCurrency {
+		a, errA := p.conversion(from, pivotCurrency)
+		b, errB := p.conversion(pivotCurrency, to)
+		if errA == nil && errB == nil {
+			return a.Mul(b).Round(conversionDecimals), nil
+		}
+	}
+	return decimal.Zero, fmt.Errorf("%w: converting %s to %s", errNoQuote, from, to)
+}
+
+func (p pricer) direct(from, to fx.Currency) (decimal.Decimal, bool, error) {
+	if pair := fx.Pair(string(from) + "_" + string(to)); known(pair) {
+		q, ok := p.prices.Quote(pair)
+		if !ok {
+			return decimal.Zero, false, nil
+		}
+		return q.Mid(), true, nil
+	}
+	if pair := fx.Pair(string(to) + "_" + string(from)); known(pair) {
+		q, ok := p.prices.Quote(pair)
+		if !ok {
+			return decimal.Zero, false, nil
+		}
+		return decimal.NewFromInt(1).DivRound(q.Mid(), conversionDecimals), true, nil
+	}
+	return decimal.Zero, false, nil
+}
+
+func known(p fx.Pair) bool {
+	_, err := fx.Lookup(p)
+	return err == nil
+}
+
+// position is an account's net position in one pair.
+type position struct {
+	Pair fx.Pair
+	// Units are signed: long positive, short negative.
+	Units        decimal.Decimal
+	AveragePrice decimal.Decimal
+}
+
+// fillResult is what netting a fill into a position does.
+type fillResult struct {
+	// After is the position after the fill; zero Units means flat.
+	After position
+	// Realized is the realized P&L in the pair's quote currency (unrounded).
+	Realized decimal.Decimal
+}
+
+// net applies a fill of signed units at price to pos (netting: a fill against the position closes
+// it first, at its average price, and any rest opens the other way at price).
+func net(pos position, units, price decimal.Decimal, precision int32) fillResult {
+	u0 := pos.Units
+	if u0.IsZero() || u0.Sign() == units.Sign() {
+		total := u0.Add(units)
+		avg := u0.Abs().Mul(pos.AveragePrice).Add(units.Abs().Mul(price)).
+			DivRound(total.Abs(), precision+averagePriceDecimalsExtra)
+		return fillResult{After: position{Pair: pos.Pair, Units: total, AveragePrice: avg}}
+	}
+	closed := decimal.Min(u0.Abs(), units.Abs())
+	realized := closed.Mul(price.Sub(pos.AveragePrice))
+	if u0.IsNegative() {
+		realized = realized.Neg()
+	}
+	after := u0.Add(units)
+	avg := pos.AveragePrice
+	switch {
+	case after.IsZero():
+		avg = decimal.Zero
+	case after.Sign() != u0.Sign():
+		avg = price
+	}
+	return fillResult{After: position{Pair: pos.Pair, Units: after, AveragePrice: avg}, Realized: realized}
+}
+
+// signedUnits is units as a signed position change: buys add, sells subtract.
+func signedUnits(side string, units decimal.Decimal) decimal.Decimal {
+	if side == eventing.SideSell {
+		return units.Neg()
+	}
+	return units
+}
+
+// valuation is an account's margin figures in its currency.
+type valuation struct {
+	Balance      decimal.Decimal
+	UnrealizedPL decimal.Decimal
+	MarginUsed   decimal.Decimal
+	// PerPair holds each position's unrealized P&L and margin, in the account currency.
+	PerPair map[fx.Pair]pairValue
+}
+
+// pairValue is one position's share of a valuation.
+type pairValue struct {
+	UnrealizedPL decimal.Decimal
+	MarginUsed   decimal.Decimal
+}
+
+// NAV is balance plus unrealized P&L.
+func (v valuation) NAV() decimal.Decimal { return v.Balance.Add(v.UnrealizedPL) }
+
+// MarginAvailable is NAV minus margin used, never below zero.
+func (v valuation) MarginAvailable() decimal.Decimal {
+	return decimal.Max(v.NAV().Sub(v.MarginUsed), decimal.Zero)
+}
+
+// MarginLevel is NAV / margin used; ok is false when no margin is used.
+func (v valuation) MarginLevel() (decimal.Decimal, bool) {
+	if !v.MarginUsed.IsPositive() {
+		return decimal.Zero, false
+	}
+	return v.NAV().DivRound(v.MarginUsed, conversionDecimals), true
+}
+
+// value computes the margin figures of an account in currency ccy with positions at current quotes:
+// unrealized P&L at the price each position would close at (bid for longs, ask for shorts) and
+// margin at notional (base currency converted at mid) divided by the pair's leverage.
+func (p pricer) value(ccy fx.Currency, balance decimal.Decimal, positions map[fx.Pair]position, leverage func(fx.Pair) decimal.Decimal) (valuation, error) {
+	v := valuation{Balance: balance, PerPair: make(map[fx.Pair]pairValue, len(positions))}
+	for pair, pos := range positions {
+		spec, err := fx.Lookup(pair)
+		if err != nil {
+			return valuation{}, fmt.Errorf("value position: %w", err)
+		}
+		q, ok := p.prices.Quote(pair)
+		if !ok {
+			return valuation{}, fmt.Errorf("%w: %s", errNoQuote, pair)
+		}
+		closeAt := q.Bid
+		if pos.Units.IsNegative() {
+			closeAt = q.Ask
+		}
+		toAcct, err := p.conversion(spec.Quote, ccy)
+		if err != nil {
+			return valuation{}, err
+		}
+		baseToAcct, err := p.conversion(spec.Base, ccy)
+		if err != nil {
+			return valuation{}, err
+		}
+		upl := pos.Units.Mul(closeAt.Sub(pos.AveragePrice)).Mul(toAcct)
+		margin := pos.Units.Abs().Mul(baseToAcct).Div(leverage(pair))
+		v.PerPair[pair] = pairValue{UnrealizedPL: upl, MarginUsed: margin}
+		v.UnrealizedPL = v.UnrealizedPL.Add(upl)
+		v.MarginUsed = v.MarginUsed.Add(margin)
+	}
+	return v, nil
+}
+
+// executable is the quote's price for side: the ask for a buy, the bid for a sell. It refuses a quote
+// that is missing, not tradeable or older than ageMax at now, with the reason code.
+func (p pricer) executable(pair fx.Pair, side string, now time.Time, ageMax time.Duration) (decimal.Decimal, Quote, string) {
+	q, ok := p.prices.Quote(pair)
+	if !ok {
+		return decimal.Zero, Quote{}, ReasonNoPrice
+	}
+	if !q.Tradeable {
+		return decimal.Zero, q, ReasonNotTradeable
+	}
+	if now.Sub(q.Time) > ageMax {
+		return decimal.Zero, q, ReasonStalePrice
+	}
+	if side == eventing.SideBuy {
+		return q.Ask, q, ""
+	}
+	return q.Bid, q, ""
+}

@@ -1,0 +1,288 @@
+package ledger
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/jackc/pgx/v5"
+	"github.com/segmentio/kafka-go"
+	"github.com/shopspring/decimal"
+
+	"github.com/kawase-fx/kawase/eventing"
+	"github.com/kawase-fx/kawase/eventing/cekafka"
+	"github.com/kawase-fx/kawase/eventing/fx"
+)
+
+// Limits of the watcher.
+const (
+	watcherLockID        = 0x6b617761_7365_7774 // "kawase" "wt": one active watcher among the replicas
+	leaderPollMs         = 2_000
+	leaderPingMs         = 2_000
+	watcherSendTimeoutMs = 10_000
+)
+
+// watcher turns what prices and time do to the book into commands on the accounts' partitions:
+//
+//   - a pending limit/stop order whose trigger price is crossed gets "trigger:<orderId>";
+//   - a GTD order past its goodTill gets "expire:<orderId>" (a cancel);
+//   - an account whose margin level is below 50% gets "closeout:<accountId>:<txSeq>:<second>".
+//
+// It does not change the book itself. The commands travel on kawase.commands keyed by account, like
+// every client command, so they are applied in order with the account's other commands by the same
+// transaction-per-command path; their ids are deterministic, so the inbox turns a trigger sent twice
+// (by a resend, a second watcher during a leadership change, or the ratekeeper sending the same
+// trigger) into one fill, and a trigger that finds its order no longer pending changes nothing.
+//
+// The watcher runs in the ledger's replicas; a PostgreSQL session advisory lock makes one of them
+// active. It reads the ledger's own tables (pending orders, positions) every BookRefresh and
+// evaluates them at the latest quotes every WatchInterval.
+type watcher struct {
+	l      *Ledger
+	writer *kafka.Writer
+	dirty  atomic.Bool
+	sent   map[string]time.Time
+	book   []pendingOrder
+	accts  []marginAccount
+	loaded time.Time
+}
+
+// pendingOrder is what the watcher needs of a pending order.
+type pendingOrder struct {
+	order
+}
+
+// marginAccount is what the watcher needs of an account with positions.
+type marginAccount struct {
+	ID        string
+	Currency  fx.Currency
+	Balance   decimal.Decimal
+	TxSeq     int64
+	Positions map[fx.Pair]position
+}
+
+func newWatcher(l *Ledger, brokers []string) *watcher {
+	return &watcher{l: l, writer: cekafka.NewWriter(brokers, eventing.TopicCommands), sent: make(map[string]time.Time)}
+}
+
+func (w *watcher) close() { _ = w.writer.Close() }
+
+// markDirty asks for a reload of the book at the next interval (a pending order was placed here).
+func (w *watcher) markDirty() { w.dirty.Store(true) }
+
+// run competes for the watcher lock and watches while holding it, until ctx ends.
+func (w *watcher) run(ctx context.Context) error {
+	for {
+		err := w.lead(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		w.l.log.Warnw("watcher stopped; retrying", "error", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(leaderPollMs * time.Millisecond):
+		}
+	}
+}
+
+// lead takes a dedicated connection out of the pool, waits for the session lock on it and watches
+// while the connection is healthy. Closing the connection releases the lock.
+func (w *watcher) lead(ctx context.Context) error {
+	pc, err := w.l.pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("watcher: %w", err)
+	}
+	conn := pc.Hijack()
+	defer conn.Close(context.WithoutCancel(ctx))
+	for {
+		var got bool
+		if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, int64(watcherLockID)).Scan(&got); err != nil {
+			return fmt.Errorf("watcher lock: %w", err)
+		}
+		if got {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(leaderPollMs * time.Millisecond):
+		}
+	}
+	w.l.log.Infow("watcher active")
+	return w.watch(ctx, conn)
+}
+
+func (w *watcher) watch(ctx context.Context, conn *pgx.Conn) error {
+	tick := time.NewTicker(w.l.cfg.WatchInterval)
+	defer tick.Stop()
+	lastPing := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+		if time.Since(lastPing) > leaderPingMs*time.Millisecond {
+			if err := conn.Ping(ctx); err != nil {
+				return fmt.Errorf("watcher lost its lock connection: %w", err)
+			}
+			lastPing = time.Now()
+		}
+		if err := w.tick(ctx, time.Now().UTC()); err != nil {
+			w.l.log.Warnw("watcher round failed", "error", err)
+		}
+	}
+}
+
+// tick runs one round at now: reload the book when due, then send the commands it calls for.
+func (w *watcher) tick(ctx context.Context, now time.Time) error {
+	if w.dirty.Swap(false) || now.Sub(w.loaded) >= w.l.cfg.BookRefresh || now.Before(w.loaded) {
+		if err := w.reload(ctx); err != nil {
+			return err
+		}
+		w.loaded = now
+	}
+	events := w.evaluate(now)
+	if len(events) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, watcherSendTimeoutMs*time.Millisecond)
+	defer cancel()
+	if err := cekafka.Publish(ctx, w.writer, events...); err != nil {
+		// Forget what was not sent, so the next round sends it again.
+		for _, e := range events {
+			delete(w.sent, sentKey(e.ID()))
+		}
+		return fmt.Errorf("watcher: %w", err)
+	}
+	return nil
+}
+
+// reload reads the pending orders and the accounts with positions.
+func (w *watcher) reload(ctx context.Context) error {
+	book, err := readPendingBook(ctx, w.l)
+	if err != nil {
+		return err
+	}
+	accts, err := readMarginAccounts(ctx, w.l)
+	if err != nil {
+		return err
+	}
+	w.book, w.accts = book, accts
+	return nil
+}
+
+func readPendingBook(ctx context.Context, l *Ledger) ([]pendingOrder, error) {
+	rows, err := l.pool.Query(ctx, orderSelect+` WHERE o.status = 'pending'`)
+	if err != nil {
+		return nil, fmt.Errorf("watcher: read pending orders: %w", err)
+	}
+	defer rows.Close()
+	var book []pendingOrder
+	for rows.Next() {
+		o, err := scanOrder(rows)
+		if err != nil {
+			return nil, fmt.Errorf("watcher: %w", err)
+		}
+		book = append(book, pendingOrder{*o})
+	}
+	return book, rows.Err()
+}
+
+func readMarginAccounts(ctx context.Context, l *Ledger) ([]marginAccount, error) {
+	rows, err := l.pool.Query(ctx, `SELECT a.id, a.currency, a.balance, a.tx_seq, p.pair, p.units, p.average_price
+		FROM ledger.accounts a JOIN ledger.positions p ON p.account_id = a.id ORDER BY a.id`)
+	if err != nil {
+		return nil, fmt.Errorf("watcher: read positions: %w", err)
+	}
+	defer rows.Close()
+	var out []marginAccount
+	for rows.Next() {
+		var a marginAccount
+		var p position
+		if err := rows.Scan(&a.ID, &a.Currency, &a.Balance, &a.TxSeq, &p.Pair, &p.Units, &p.AveragePrice); err != nil {
+			return nil, fmt.Errorf("watcher: read positions: %w", err)
+		}
+		if n := len(out); n == 0 || out[n-1].ID != a.ID {
+			a.Positions = make(map[fx.Pair]position)
+			out = append(out, a)
+		}
+		out[len(out)-1].Positions[p.Pair] = p
+	}
+	return out, rows.Err()
+}
+
+// evaluate returns the commands the book calls for at now, skipping any sent within TriggerResend.
+func (w *watcher) evaluate(now time.Time) []cloudevents.Event {
+	var out []cloudevents.Event
+	send := func(cmd eventing.OrderCommandV1, kind string) {
+		key := sentKey(cmd.CommandID)
+		if at, ok := w.sent[key]; ok && now.Sub(at) < w.l.cfg.TriggerResend {
+			return
+		}
+		e, err := eventing.NewEventFrom(eventing.TypeOrderCommand, eventing.SourceLedger, cmd.CommandID, &cmd)
+		if err != nil {
+			panic(fmt.Sprintf("ledger: watcher built an invalid command: %v", err))
+		}
+		w.sent[key] = now
+		w.l.m.triggers.WithLabelValues(kind).Inc()
+		out = append(out, e)
+	}
+	live := make(map[string]bool, len(w.book)+len(w.accts))
+	p := pricer{prices: w.l.prices}
+	for i := range w.book {
+		o := &w.book[i].order
+		if cmd, kind, ok := w.orderCommand(p, o, now); ok {
+			live[sentKey(cmd.CommandID)] = true
+			send(cmd, kind)
+		}
+	}
+	for _, a := range w.accts {
+		v, err := p.value(a.Currency, a.Balance, a.Positions, w.l.leverage)
+		if err != nil {
+			continue
+		}
+		if level, ok := v.MarginLevel(); ok && level.LessThan(closeoutMarginLevel) {
+			cmd := eventing.OrderCommandV1{Kind: eventing.CommandCloseOut, AccountID: a.ID, RequestedAt: now,
+				CommandID: closeoutCommandPrefix + a.ID + ":" + strconv.FormatInt(a.TxSeq, 10) + ":" + strconv.FormatInt(now.Unix(), 10)}
+			live[sentKey(cmd.CommandID)] = true
+			send(cmd, "closeout")
+		}
+	}
+	for k := range w.sent {
+		if !live[k] {
+			delete(w.sent, k)
+		}
+	}
+	return out
+}
+
+// orderCommand is the command a pending order calls for at now, if any.
+func (w *watcher) orderCommand(p pricer, o *order, now time.Time) (eventing.OrderCommandV1, string, bool) {
+	if o.GoodTill != nil && !o.GoodTill.After(now) {
+		return eventing.OrderCommandV1{CommandID: expireCommandPrefix + o.ID, Kind: eventing.CommandCancel,
+			AccountID: o.AccountID, OrderID: o.ID, RequestedAt: now}, "expire", true
+	}
+	q, ok := p.prices.Quote(o.Pair)
+	if !ok || !q.Tradeable || now.Sub(q.Time) > w.l.cfg.QuoteAgeMax || !crossed(o, q) {
+		return eventing.OrderCommandV1{}, "", false
+	}
+	return eventing.OrderCommandV1{CommandID: triggerCommandPrefix + o.ID, Kind: eventing.CommandTrigger,
+		AccountID: o.AccountID, OrderID: o.ID, TriggerRateID: q.QuoteID, RequestedAt: now}, "trigger", true
+}
+
+// sentKey is what the resend suppression remembers a command by: the command id without the
+// close-out's time bucket, so a close-out is not resent every second.
+func sentKey(commandID string) string {
+	if rest, ok := strings.CutPrefix(commandID, closeoutCommandPrefix); ok {
+		if i := strings.LastIndexByte(rest, ':'); i >= 0 {
+			return closeoutCommandPrefix + rest[:i]
+		}
+	}
+	return commandID
+}
