@@ -468,8 +468,15 @@ func (s *Service) place(w http.ResponseWriter, ctx context.Context, acct string,
 	orderID := derivedID("o_", orderIDRandomBytes, key, acct)
 	cmd := &eventing.OrderCommandV1{CommandID: "place:" + orderID, Kind: eventing.CommandPlace, AccountID: acct,
 		OrderID: orderID, Order: spec, RequestedAt: started.UTC()}
+	if err := s.recordSubmitted(ctx, acct, orderID, spec); err != nil {
+		s.log.Warnw("recording a submitted order failed", "order", orderID, "error", err)
+		observe.WriteProblem(w, observe.Problem{Status: http.StatusServiceUnavailable, Code: "database_unavailable",
+			Title: "the order could not be submitted; retry", Detail: "retry with the same Idempotency-Key"})
+		return
+	}
 	res, ok := s.submit(w, ctx, cmd, deadline)
 	if !ok {
+		s.forgetSubmitted(ctx, acct, orderID)
 		return
 	}
 	outcome := "decided"
@@ -537,17 +544,6 @@ func orderKey(acct, v string) *ledgerv1.GetOrderRequest {
 	return &ledgerv1.GetOrderRequest{AccountId: acct, Key: &ledgerv1.GetOrderRequest_OrderId{OrderId: v}}
 }
 
-func (s *Service) getOrder(w http.ResponseWriter, r *http.Request, _ principal) {
-	ctx, cancel := ledgerCtx(r.Context())
-	defer cancel()
-	o, err := s.ledger.GetOrder(ctx, orderKey(r.PathValue("id"), r.PathValue("orderId")))
-	if err != nil {
-		s.ledgerProblem(w, err, "order_not_found")
-		return
-	}
-	writeJSON(w, http.StatusOK, orderView(o))
-}
-
 // cancelOrder: DELETE /v1/accounts/{id}/orders/{orderId} cancels a pending order.
 func (s *Service) cancelOrder(w http.ResponseWriter, r *http.Request, p principal) {
 	s.cancel(w, r.Context(), p.accountID, r.PathValue("orderId"))
@@ -555,12 +551,14 @@ func (s *Service) cancelOrder(w http.ResponseWriter, r *http.Request, p principa
 
 func (s *Service) cancel(w http.ResponseWriter, ctx context.Context, acct, ref string) {
 	deadline := time.Now().Add(s.cfg.SyncWait)
-	lctx, cancel := ledgerCtx(ctx)
-	o, err := s.ledger.GetOrder(lctx, orderKey(acct, ref))
-	cancel()
+	o, id, spec, err := s.lookupOrder(ctx, acct, ref)
 	if err != nil {
 		s.ledgerProblem(w, err, "order_not_found")
 		return
+	}
+	if o == nil {
+		// Published, not yet applied: the cancel follows the placement through the account's partition.
+		o = submittedOrderProto(acct, id, spec)
 	}
 	if o.GetStatus() != "pending" {
 		notPending(w, o.GetId(), o.GetStatus())
@@ -583,7 +581,7 @@ func (s *Service) cancel(w http.ResponseWriter, ctx context.Context, acct, ref s
 		notPending(w, o.GetId(), res.Reason)
 		return
 	}
-	lctx, cancel = ledgerCtx(ctx)
+	lctx, cancel := ledgerCtx(ctx)
 	defer cancel()
 	if after, err := s.ledger.GetOrder(lctx, orderKey(acct, o.GetId())); err == nil {
 		o = after

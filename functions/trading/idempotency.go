@@ -147,7 +147,8 @@ func (s *Service) settle(ctx context.Context, c *claim, r response) error {
 	return nil
 }
 
-// expireIdempotency deletes finished records older than IdempotencyKeep, periodically.
+// expireIdempotency deletes finished idempotency records and submitted-order records older than
+// IdempotencyKeep, periodically.
 func (s *Service) expireIdempotency(ctx context.Context) error {
 	t := time.NewTicker(idempotencySweepMs * time.Millisecond)
 	defer t.Stop()
@@ -155,6 +156,9 @@ func (s *Service) expireIdempotency(ctx context.Context) error {
 		if _, err := s.pool.Exec(ctx, `DELETE FROM trading.idempotency WHERE state = 'done' AND created_at < $1`,
 			time.Now().Add(-s.cfg.IdempotencyKeep)); err != nil && ctx.Err() == nil {
 			s.log.Warnw("expiring idempotency records failed; will retry", "error", err)
+		}
+		if err := s.expireSubmitted(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warnw("expiring submitted-order records failed; will retry", "error", err)
 		}
 		select {
 		case <-ctx.Done():

@@ -1,0 +1,18 @@
+-- +goose Up
+
+-- submitted_orders remembers each order trading published, until long after the ledger applied it, so
+-- that an order answered 202 (submitted, not yet decided) can be read and cancelled at once: GET and
+-- DELETE fall back to it while the ledger does not know the order yet.
+CREATE TABLE trading.submitted_orders (
+    account_id       text NOT NULL,
+    order_id         text NOT NULL,
+    client_order_id  text,
+    spec             jsonb NOT NULL,
+    submitted_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (account_id, order_id)
+);
+CREATE INDEX submitted_orders_client ON trading.submitted_orders (account_id, client_order_id);
+CREATE INDEX submitted_orders_at ON trading.submitted_orders (submitted_at);
+
+-- +goose Down
+DROP TABLE trading.submitted_orders;
