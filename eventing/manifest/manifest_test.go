@@ -290,8 +290,8 @@ func TestServicesWiring(t *testing.T) {
 		name, port string
 		env        []string
 	}{
-		{"rates", "h2c", []string{"KAWASE_PAIRS"}},
-		{"ratekeeper", "", []string{"DATABASE_URL", "KAWASE_PAIRS"}},
+		{"rates", "h2c", []string{"KAWASE_PAIRS", "KAWASE_RATEKEEPER_GRPC"}},
+		{"ratekeeper", "h2c", []string{"DATABASE_URL", "KAWASE_PAIRS"}},
 		{"trading", "", []string{"DATABASE_URL", "KAWASE_ADMIN_TOKEN", "KAWASE_LEDGER_GRPC"}},
 		{"ledger", "h2c", []string{"DATABASE_URL", "KAWASE_PAIRS", "KAWASE_RATES_GRPC"}},
 		{"relay", "", []string{"KAWASE_EXTERNAL_URL", "KAWASE_RELAY_HMAC_SECRETS"}},
