@@ -103,13 +103,13 @@ type subscription struct {
 
 // Stats counts what the simulator did.
 type Stats struct {
-	LogonsAccepted int
-	LogonsRefused  int
-	Requests       int
-	Rejects        int
-	Quotes         map[fx.Pair]int
-	Malformed      int
-	Dropped        int
+	LogonsAccepted int             `json:"logonsAccepted"`
+	LogonsRefused  int             `json:"logonsRefused"`
+	Requests       int             `json:"requests"`
+	Rejects        int             `json:"rejects"`
+	Quotes         map[fx.Pair]int `json:"quotes"`
+	Malformed      int             `json:"malformed"`
+	Dropped        int             `json:"dropped"`
 }
 
 // Start listens and starts the acceptor and the quote stream.
