@@ -2,9 +2,10 @@
 GO      ?= go
 BIN     := bin/kawase
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# OS packages the system and its tests use: PostgreSQL (the system of record) and kcat (an independent
-# Kafka client the binding is tested against).
-APT_PKGS := postgresql kcat
+# OS packages the system and its tests use: PostgreSQL (the system of record, and pgbench for make bench),
+# kcat (an independent Kafka client the binding is tested against) and Chromium (the rate board's
+# headless browser test).
+APT_PKGS := postgresql kcat chromium
 TEST_TIMEOUT ?= 30m
 
 .PHONY: run test bench lint proto deploy install deps build clean
@@ -55,6 +56,7 @@ deps:
 	@missing=""; \
 	if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then missing="postgresql"; fi; \
 	command -v kcat >/dev/null 2>&1 || missing="$$missing kcat"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing OS packages:$$missing"; \
 		$(SUDO) mkdir -p /etc/postgresql-common; \

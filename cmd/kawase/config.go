@@ -62,8 +62,12 @@ type config struct {
 	ExternalURL string
 	// RelayHMACSecrets are the active signing secrets, newest first (KAWASE_RELAY_HMAC_SECRETS, comma-separated).
 	RelayHMACSecrets []string
-	// RatesGRPC and LedgerGRPC are the gRPC addresses of the rates and ledger services.
-	RatesGRPC, LedgerGRPC string
+	// RatesGRPC, LedgerGRPC and RatekeeperGRPC are the gRPC addresses of the rates, ledger and
+	// ratekeeper services (KAWASE_RATES_GRPC, KAWASE_LEDGER_GRPC, KAWASE_RATEKEEPER_GRPC).
+	RatesGRPC, LedgerGRPC, RatekeeperGRPC string
+	// URL and Token are where the CLI (kawase dlq, account, order, rates) reaches the REST API and the
+	// bearer token it sends (KAWASE_URL, KAWASE_TOKEN); empty means the running kawase dev's dev.json.
+	URL, Token string
 	// TimeScale divides every delivery and retry duration; tests use it to run schedules fast
 	// (KAWASE_TIME_SCALE, a positive integer, default 1).
 	TimeScale int
@@ -75,7 +79,7 @@ var envVars = map[string]bool{
 	"KAWASE_DATA_DIR": true, "KAWASE_LOG_LEVEL": true, "KAWASE_PAIRS": true, "KAWASE_ADMIN_TOKEN": true,
 	"KAWASE_FIX_ADDR": true, "KAWASE_FIX_USERNAME": true, "KAWASE_FIX_PASSWORD": true,
 	"KAWASE_LEADER_ELECTION": true, "KAWASE_EXTERNAL_URL": true, "KAWASE_RELAY_HMAC_SECRETS": true,
-	"KAWASE_RATES_GRPC": true, "KAWASE_LEDGER_GRPC": true, "KAWASE_TIME_SCALE": true,
+	"KAWASE_RATES_GRPC": true, "KAWASE_LEDGER_GRPC": true, "KAWASE_RATEKEEPER_GRPC": true, "KAWASE_TIME_SCALE": true,
 	"KAWASE_URL": true, "KAWASE_TOKEN": true, "KAWASE_REQUIRE_TOOLS": true,
 }
 
@@ -113,6 +117,9 @@ func loadConfig(environ []string) (config, error) {
 		ExternalURL:    get("KAWASE_EXTERNAL_URL", ""),
 		RatesGRPC:      get("KAWASE_RATES_GRPC", ""),
 		LedgerGRPC:     get("KAWASE_LEDGER_GRPC", ""),
+		RatekeeperGRPC: get("KAWASE_RATEKEEPER_GRPC", ""),
+		URL:            get("KAWASE_URL", ""),
+		Token:          get("KAWASE_TOKEN", ""),
 	}
 	cfg.RelayHMACSecrets = splitList(get("KAWASE_RELAY_HMAC_SECRETS", ""))
 	var err error

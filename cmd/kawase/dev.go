@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -43,11 +44,34 @@ type devState struct {
 	Database   string `json:"database"`
 	AdminToken string `json:"adminToken"`
 	PID        int    `json:"pid"`
+	// Extsim is the external-system simulator's base URL (GET /stats, POST /control/open|close).
+	Extsim string `json:"extsim,omitempty"`
+	// FIX is the FIX simulator's address and FixsimControl its control surface.
+	FIX           string `json:"fix,omitempty"`
+	FixsimControl string `json:"fixsimControl,omitempty"`
+	// DemoAccount is the account kawase dev opened for trying it out, with its token.
+	DemoAccount *devAccount `json:"demoAccount,omitempty"`
+	// Children are the PIDs of the supervised processes (fixsim, feeder-0, feeder-1): kill -9 one and
+	// watch it come back.
+	Children map[string]int `json:"children,omitempty"`
+}
+
+// devAccount is an account and its API token.
+type devAccount struct {
+	ID    string `json:"id"`
+	Token string `json:"token"`
 }
 
 // devSecrets are generated once per data directory, never fixed in code.
 type devSecrets struct {
 	AdminToken string `json:"adminToken"`
+	// RelayHMACSecret signs the relay's deliveries to the external-system simulator.
+	RelayHMACSecret string `json:"relayHmacSecret"`
+	// FIXPassword is what the feeders log on to the FIX simulator with.
+	FIXPassword string `json:"fixPassword"`
+	// DemoAccountID and DemoAccountToken are the demo account kawase dev opens and prints.
+	DemoAccountID    string `json:"demoAccountId,omitempty"`
+	DemoAccountToken string `json:"demoAccountToken,omitempty"`
 }
 
 // devEnv is the infrastructure `kawase dev` runs on: a database and a broker, private or given.
@@ -60,6 +84,12 @@ type devEnv struct {
 	secrets devSecrets
 	closers []func()
 	dataDir string
+
+	httpAddr, grpcAddr     string
+	extsim                 string
+	fixAddr, fixsimControl string
+	children               children
+	stateMu                sync.Mutex
 }
 
 // runDev runs the whole system on this machine until ctx ends.
@@ -114,15 +144,39 @@ func (e *devEnv) loadSecrets(context.Context) error {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("dev: %w", err)
 	}
-	if e.secrets.AdminToken == "" {
-		e.secrets.AdminToken = "adm_" + randomHex(devTokenBytes)
-		out, _ := json.MarshalIndent(e.secrets, "", "  ")
-		if err := os.WriteFile(path, out, 0o600); err != nil {
-			return fmt.Errorf("dev: write %s: %w", path, err)
+	if e.secrets.AdminToken == "" || e.secrets.RelayHMACSecret == "" || e.secrets.FIXPassword == "" {
+		if e.secrets.AdminToken == "" {
+			e.secrets.AdminToken = "adm_" + randomHex(devTokenBytes)
+		}
+		if e.secrets.RelayHMACSecret == "" {
+			e.secrets.RelayHMACSecret = randomHex(devHMACSecretBytes)
+		}
+		if e.secrets.FIXPassword == "" {
+			e.secrets.FIXPassword = randomHex(devFIXSecretBytes)
+		}
+		if err := e.saveSecrets(); err != nil {
+			return err
 		}
 	}
 	if e.cfg.AdminToken != "" {
 		e.secrets.AdminToken = e.cfg.AdminToken
+	}
+	e.cfg.AdminToken = e.secrets.AdminToken
+	if len(e.cfg.RelayHMACSecrets) == 0 {
+		e.cfg.RelayHMACSecrets = []string{e.secrets.RelayHMACSecret}
+	}
+	return nil
+}
+
+// saveSecrets writes secrets.json, readable only by its owner.
+func (e *devEnv) saveSecrets() error {
+	path := filepath.Join(e.dataDir, devSecretsFile)
+	out, err := json.MarshalIndent(e.secrets, "", "  ")
+	if err != nil {
+		return fmt.Errorf("dev: %w", err)
+	}
+	if err := os.WriteFile(path, out, 0o600); err != nil {
+		return fmt.Errorf("dev: write %s: %w", path, err)
 	}
 	return nil
 }
@@ -183,6 +237,11 @@ func (e *devEnv) serve(ctx context.Context) error {
 		return fmt.Errorf("dev: listen on %s: %w", e.cfg.GRPCAddr, err)
 	}
 	defer grpcLn.Close()
+	e.httpAddr, e.grpcAddr = ln.Addr().String(), grpcLn.Addr().String()
+	extsimRun, err := e.startExtsim()
+	if err != nil {
+		return err
+	}
 	reg, health, mux := observe.NewRegistry(), observe.NewHealth(), http.NewServeMux()
 	observe.Mount(mux, reg, health)
 	health.AddCheck("database", e.pool.Ping)
@@ -190,11 +249,28 @@ func (e *devEnv) serve(ctx context.Context) error {
 	gs := grpc.NewServer()
 	d := componentDeps{cfg: e.cfg, log: e.log, reg: reg, health: health, dbURL: e.dbURL, brokers: e.brokers,
 		ratesGRPC: grpcLn.Addr().String(), ledgerGRPC: grpcLn.Addr().String()}
-	runs, err := e.startComponents(ctx, d, mux, gs)
+	d.cfg = e.cfg
+	runs, built, err := e.startComponents(ctx, d, mux, gs)
 	if err != nil {
 		return err
 	}
-	if err := e.writeState(ln.Addr().String(), grpcLn.Addr().String()); err != nil {
+	dispatchRun, err := e.startDispatcher(e.httpAddr, built, mux, d)
+	if err != nil {
+		return err
+	}
+	specs, err := e.devChildren()
+	if err != nil {
+		return err
+	}
+	childRuns, err := e.superviseChildren(specs)
+	if err != nil {
+		return err
+	}
+	runs = append(append(runs, dispatchRun, e.announceDemo), childRuns...)
+	if extsimRun != nil {
+		runs = append(runs, extsimRun)
+	}
+	if err := e.writeState(); err != nil {
 		return err
 	}
 	e.log.Infow("kawase dev is up", "http", "http://"+ln.Addr().String(), "grpc", grpcLn.Addr().String(),
@@ -208,8 +284,9 @@ func (e *devEnv) serve(ctx context.Context) error {
 }
 
 // startComponents builds every function, mounts it, and returns its background work.
-func (e *devEnv) startComponents(ctx context.Context, d componentDeps, mux *http.ServeMux, gs *grpc.Server) ([]func(context.Context) error, error) {
+func (e *devEnv) startComponents(ctx context.Context, d componentDeps, mux *http.ServeMux, gs *grpc.Server) ([]func(context.Context) error, map[string]bool, error) {
 	var runs []func(context.Context) error
+	built := map[string]bool{}
 	for _, name := range componentOrder {
 		d.log = e.log.Named(name)
 		c, err := components[name](ctx, d)
@@ -218,8 +295,9 @@ func (e *devEnv) startComponents(ctx context.Context, d componentDeps, mux *http
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("dev: start %s: %w", name, err)
+			return nil, nil, fmt.Errorf("dev: start %s: %w", name, err)
 		}
+		built[name] = true
 		if c.close != nil {
 			e.closers = append(e.closers, c.close)
 		}
@@ -235,7 +313,7 @@ func (e *devEnv) startComponents(ctx context.Context, d componentDeps, mux *http
 			runs = append(runs, c.run)
 		}
 	}
-	return runs, nil
+	return runs, built, nil
 }
 
 // devServicePath is where kawase dev mounts a Knative Service's own handler on its HTTP port; the
@@ -268,9 +346,16 @@ func (e *devEnv) pingKafka(ctx context.Context) error {
 	return nil
 }
 
-func (e *devEnv) writeState(httpAddr, grpcAddr string) error {
-	st := devState{HTTP: "http://" + httpAddr, GRPC: grpcAddr, Kafka: strings.Join(e.brokers, ","),
-		Database: e.dbURL, AdminToken: e.secrets.AdminToken, PID: os.Getpid()}
+// writeState writes dev.json atomically; supervised children rewrite it when their PIDs change.
+func (e *devEnv) writeState() error {
+	e.stateMu.Lock()
+	defer e.stateMu.Unlock()
+	st := devState{HTTP: "http://" + e.httpAddr, GRPC: e.grpcAddr, Kafka: strings.Join(e.brokers, ","),
+		Database: e.dbURL, AdminToken: e.secrets.AdminToken, PID: os.Getpid(), Extsim: e.extsim,
+		FIX: e.fixAddr, FixsimControl: e.fixsimControl, Children: e.children.snapshot()}
+	if e.secrets.DemoAccountID != "" {
+		st.DemoAccount = &devAccount{ID: e.secrets.DemoAccountID, Token: e.secrets.DemoAccountToken}
+	}
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return fmt.Errorf("dev: %w", err)

@@ -135,6 +135,7 @@ func TestDevStartsStopsAndKeepsData(t *testing.T) {
 	if first.state.AdminToken == "" || first.state.Kafka != "127.0.0.1:"+kafkaPort || first.state.Database == "" {
 		t.Fatalf("dev.json = %+v", first.state)
 	}
+	demo := waitDemoAccount(t, dataDir)
 	conn, err := pgx.Connect(ctx, first.state.Database)
 	if err != nil {
 		t.Fatal(err)
@@ -158,6 +159,16 @@ func TestDevStartsStopsAndKeepsData(t *testing.T) {
 	defer second.interrupt(t)
 	if second.state.AdminToken != first.state.AdminToken {
 		t.Error("admin token changed across restarts of one data directory")
+	}
+	if again := waitDemoAccount(t, dataDir); again != demo {
+		t.Errorf("demo account changed across restarts: %+v, then %+v", demo, again)
+	}
+	req, _ := http.NewRequest(http.MethodGet, second.state.HTTP+"/v1/accounts/"+demo.ID, nil)
+	req.Header.Set("Authorization", "Bearer "+demo.Token)
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("demo account after restart: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
 	}
 	conn, err = pgx.Connect(ctx, second.state.Database)
 	if err != nil {
@@ -219,4 +230,20 @@ func partitionOf(t *testing.T, addr, _ string) int {
 	}
 	t.Fatal("no partition of " + eventing.TopicDeadLetters + " holds a record: " + strconv.Itoa(len(parts)))
 	return 0
+}
+
+// waitDemoAccount waits for the demo account kawase dev announces in dev.json once it is ready.
+func waitDemoAccount(t *testing.T, dataDir string) devAccount {
+	t.Helper()
+	deadline := time.Now().Add(devReadyTimeoutSec * time.Second)
+	for time.Now().Before(deadline) {
+		var st devState
+		if b, err := os.ReadFile(filepath.Join(dataDir, devStateFile)); err == nil && json.Unmarshal(b, &st) == nil &&
+			st.DemoAccount != nil && st.DemoAccount.Token != "" {
+			return *st.DemoAccount
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatal("no demo account in dev.json")
+	return devAccount{}
 }

@@ -23,6 +23,10 @@ usage:
   kawase feeder                   run a FIX rate feeder replica
   kawase fixsim                   run the FIX rate simulator
   kawase extsim                   run the external-system simulator
+  kawase rates watch [PAIRS]      print the live rates (PAIRS: comma-separated, default all)
+  kawase account …                create and inspect accounts (kawase account help)
+  kawase order …                  place, list, show and cancel orders (kawase order help)
+  kawase dlq list|show|replay|discard   dead letters (as a kn plugin: kn kawase dlq …)
   kawase version                  print the version
 
 Configuration comes from the environment; see the README.
@@ -64,6 +68,12 @@ func run(ctx context.Context, args []string) error {
 		return runFixsim(ctx, cfg, rest)
 	case "extsim":
 		return runExtsim(ctx, cfg, rest)
+	case "rates":
+		return runRatesCLI(ctx, cfg, rest)
+	case "account", "order":
+		return runTradingCLI(ctx, cfg, cmd, rest)
+	case "dlq":
+		return runDLQ(ctx, cfg, rest)
 	case "version":
 		fmt.Println(version)
 		return nil
