@@ -17,7 +17,7 @@ import (
 
 // BenchmarkOrderedDelivery measures how many events per second one ordered consumer delivers from the
 // embedded broker to a subscriber that accepts at once (10 partitions, 50 keys: the rates topic's shape),
-// offsets committed one by one as in production.
+// offsets committed every commitIntervalMs as in production.
 func BenchmarkOrderedDelivery(b *testing.B) {
 	const topic, partitions = "b.ordered", 10
 	addr := startBroker(b, eventing.Topic{Name: topic, Partitions: partitions})

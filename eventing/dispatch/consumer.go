@@ -23,6 +23,11 @@ const (
 	// partition blocked in retries has this many records waiting, fetching waits for it and the other
 	// partitions idle too.
 	partitionQueueRecordsMax = 512
+	// commitIntervalMs is how often the offsets of finished records are committed, as Knative's
+	// dispatcher commits periodically rather than per record; a stop commits at once. After a crash
+	// at most this much finished work is delivered again, which every subscriber absorbs (they are
+	// idempotent), and the broker is spared one commit per record.
+	commitIntervalMs = 50
 	// Committing an offset: each attempt is bounded, and so is the number of attempts.
 	commitTimeoutMs    = 5_000
 	commitAttemptsMax  = 5
@@ -48,15 +53,22 @@ func (c *consumer) run(ctx context.Context) error {
 	r := cekafka.NewGroupReader(c.brokers, c.spec.Topic, c.spec.Group)
 	runCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	k := &committer{latest: map[int]kafka.Message{}}
+	flushed := make(chan struct{})
+	go func() { defer close(flushed); c.commitPeriodically(runCtx, cancel, r, k) }()
 	var wg sync.WaitGroup
 	var err error
 	if c.spec.Ordering == Unordered {
-		err = c.fetchUnordered(runCtx, cancel, r, &wg)
+		err = c.fetchUnordered(runCtx, cancel, r, k, &wg)
 	} else {
-		err = c.fetchOrdered(runCtx, cancel, r, &wg)
+		err = c.fetchOrdered(runCtx, cancel, r, k, &wg)
 	}
 	cancel(err)
 	wg.Wait()
+	<-flushed
+	if ferr := k.flush(ctx, c, r); ferr != nil && ctx.Err() == nil {
+		cancel(ferr)
+	}
 	if cerr := r.Close(); cerr != nil {
 		return fmt.Errorf("dispatch %s: close group reader: %w", c.id, cerr)
 	}
@@ -68,7 +80,7 @@ func (c *consumer) run(ctx context.Context) error {
 
 // fetchOrdered routes each record to its partition's queue; one goroutine per partition delivers
 // them one at a time.
-func (c *consumer) fetchOrdered(ctx context.Context, fail context.CancelCauseFunc, r *kafka.Reader, wg *sync.WaitGroup) error {
+func (c *consumer) fetchOrdered(ctx context.Context, fail context.CancelCauseFunc, r *kafka.Reader, k *committer, wg *sync.WaitGroup) error {
 	queues := map[int]chan kafka.Message{}
 	seen := offsetsSeen{}
 	for {
@@ -83,7 +95,7 @@ func (c *consumer) fetchOrdered(ctx context.Context, fail context.CancelCauseFun
 		if !ok {
 			q = make(chan kafka.Message, partitionQueueRecordsMax)
 			queues[m.Partition] = q
-			wg.Go(func() { c.drainPartition(ctx, fail, r, q) })
+			wg.Go(func() { c.drainPartition(ctx, k, q) })
 		}
 		select {
 		case q <- m:
@@ -93,8 +105,9 @@ func (c *consumer) fetchOrdered(ctx context.Context, fail context.CancelCauseFun
 	}
 }
 
-// drainPartition delivers one partition's records in order, committing each before the next starts.
-func (c *consumer) drainPartition(ctx context.Context, fail context.CancelCauseFunc, r *kafka.Reader, q <-chan kafka.Message) {
+// drainPartition delivers one partition's records in order, one at a time, and marks each finished
+// one for the next commit.
+func (c *consumer) drainPartition(ctx context.Context, k *committer, q <-chan kafka.Message) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -103,17 +116,14 @@ func (c *consumer) drainPartition(ctx context.Context, fail context.CancelCauseF
 			if c.process(ctx, m) == outcomeAbandoned {
 				return
 			}
-			if err := c.commit(ctx, r, m); err != nil {
-				fail(err)
-				return
-			}
+			k.mark(m)
 		}
 	}
 }
 
 // fetchUnordered starts a delivery per record, at most unorderedInFlightCountMax at once, and commits each
 // partition's offsets in order as the deliveries finish.
-func (c *consumer) fetchUnordered(ctx context.Context, fail context.CancelCauseFunc, r *kafka.Reader, wg *sync.WaitGroup) error {
+func (c *consumer) fetchUnordered(ctx context.Context, fail context.CancelCauseFunc, r *kafka.Reader, k *committer, wg *sync.WaitGroup) error {
 	slots := make(chan struct{}, unorderedInFlightCountMax)
 	seen := offsetsSeen{}
 	pending := map[int]*pendingOffsets{}
@@ -142,7 +152,8 @@ func (c *consumer) fetchUnordered(ctx context.Context, fail context.CancelCauseF
 				return
 			}
 			err := p.finished(m.Offset, func(offset int64) error {
-				return c.commit(ctx, r, kafka.Message{Topic: m.Topic, Partition: m.Partition, Offset: offset})
+				k.mark(kafka.Message{Topic: m.Topic, Partition: m.Partition, Offset: offset})
+				return nil
 			})
 			if err != nil {
 				fail(err)
@@ -166,23 +177,70 @@ func (c *consumer) process(ctx context.Context, m kafka.Message) outcome {
 	return out
 }
 
-// commit commits m's offset. A delivery that finished is committed even while the consumer stops, so
+// committer holds, per partition, the last record whose offset may be committed.
+type committer struct {
+	mu     sync.Mutex
+	latest map[int]kafka.Message
+}
+
+// mark records that m and everything before it in its partition are finished.
+func (k *committer) mark(m kafka.Message) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if cur, ok := k.latest[m.Partition]; !ok || m.Offset > cur.Offset {
+		k.latest[m.Partition] = m
+	}
+}
+
+// flush commits what was marked since the last flush.
+func (k *committer) flush(ctx context.Context, c *consumer, r *kafka.Reader) error {
+	k.mu.Lock()
+	msgs := make([]kafka.Message, 0, len(k.latest))
+	for _, m := range k.latest {
+		msgs = append(msgs, m)
+	}
+	clear(k.latest)
+	k.mu.Unlock()
+	if len(msgs) == 0 {
+		return nil
+	}
+	return c.commit(ctx, r, msgs...)
+}
+
+// commitPeriodically flushes the committer every commitIntervalMs until ctx ends; a commit that fails
+// for good stops the consumer.
+func (c *consumer) commitPeriodically(ctx context.Context, fail context.CancelCauseFunc, r *kafka.Reader, k *committer) {
+	t := time.NewTicker(commitIntervalMs * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := k.flush(ctx, c, r); err != nil {
+				fail(err)
+				return
+			}
+		}
+	}
+}
+
+// commit commits the offsets of msgs. A delivery that finished is committed even while the consumer stops, so
 // each attempt is bounded on its own rather than by ctx; only one attempt is made once ctx has ended.
-func (c *consumer) commit(ctx context.Context, r *kafka.Reader, m kafka.Message) error {
+func (c *consumer) commit(ctx context.Context, r *kafka.Reader, msgs ...kafka.Message) error {
 	var err error
 	for attempt := 1; attempt <= commitAttemptsMax; attempt++ {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeoutMs*time.Millisecond)
-		err = r.CommitMessages(cctx, m)
+		err = r.CommitMessages(cctx, msgs...)
 		cancel()
 		if err == nil || ctx.Err() != nil {
 			break
 		}
-		c.log.Warnw("commit failed; retrying", "topic", m.Topic, "partition", m.Partition, "offset", m.Offset,
-			"attempt", attempt, "error", err)
+		c.log.Warnw("commit failed; retrying", "topic", c.spec.Topic, "records", len(msgs), "attempt", attempt, "error", err)
 		time.Sleep(commitRetryDelayMs * time.Millisecond)
 	}
 	if err != nil {
-		return fmt.Errorf("commit %s[%d] offset %d for group %s: %w", m.Topic, m.Partition, m.Offset, c.spec.Group, err)
+		return fmt.Errorf("commit %d offset(s) of %s for group %s: %w", len(msgs), c.spec.Topic, c.spec.Group, err)
 	}
 	return nil
 }
