@@ -1,6 +1,11 @@
 // Command bench measures kawase's speed and capacity: in-process load scenarios against real parts
-// (the embedded broker over TCP, PostgreSQL) plus every Go benchmark in the module. It prints the
-// figures and writes them to results.md and results.json, and refreshes the table in README.md.
+// (the embedded broker over TCP, PostgreSQL), the whole system running for real (`kawase dev` as a
+// child process under GET, SSE, order and pgbench loads) plus every Go benchmark in the module. It
+// prints the figures and writes them to results.md and results.json, and refreshes the table in
+// README.md.
+//
+//	go run ./bench -out bench                       # everything (make bench)
+//	go run ./bench -out /tmp/b -only system -readme ''   # only the system scenario, README untouched
 package main
 
 import (
@@ -21,9 +26,11 @@ import (
 
 // figure is one measured value.
 type figure struct {
-	Name    string `json:"name"`
-	Value   string `json:"value"`
-	Unit    string `json:"unit"`
+	Name  string `json:"name"`
+	Value string `json:"value"`
+	Unit  string `json:"unit"`
+	// Note says how it was measured and what the goal is.
+	Note    string `json:"note,omitempty"`
 	Machine string `json:"machine"`
 	Date    string `json:"date"`
 }
@@ -36,12 +43,14 @@ type scenario struct {
 
 var scenarios = []scenario{
 	{name: "cloudevents-kafka", run: runCloudEventsKafka},
+	{name: "system", run: runSystem},
 }
 
 const (
 	readmeStart = "<!-- bench:start -->"
 	readmeEnd   = "<!-- bench:end -->"
 	goBenchTime = "2s"
+	modulePath  = "github.com/kawase-fx/kawase"
 )
 
 func main() {
@@ -56,9 +65,9 @@ func main() {
 
 func run(ctx context.Context) error {
 	out := flag.String("out", "bench", "directory for results.md and results.json")
-	only := flag.String("only", "", "run only scenarios whose name contains this")
+	only := flag.String("only", "", "run only scenarios whose name contains this (cloudevents-kafka, system); skips the Go benchmarks")
 	skipGo := flag.Bool("skip-go-bench", false, "skip the Go benchmarks")
-	readme := flag.String("readme", "README.md", "README to refresh (empty: none)")
+	readme := flag.String("readme", "README.md", "README whose bench table to refresh (empty: leave every README alone)")
 	flag.Parse()
 	machine := machineName()
 	var figs []figure
@@ -105,22 +114,80 @@ func machineName() string {
 
 var benchLine = regexp.MustCompile(`^(Benchmark\S+?)(?:-\d+)?\s+\d+\s+(.*)$`)
 
-// goBenchmarks runs every Go benchmark of the module once for goBenchTime and turns each reported
+// goBenchRun is one `go test -bench` invocation.
+type goBenchRun struct {
+	pkgs      []string
+	bench     string
+	benchtime string
+}
+
+// goBenchOverrides are benchmarks that need an iteration count rather than goBenchTime: one op is one
+// rate, and each b.N round builds a fresh rig, so a fixed count gives steady percentiles in one round.
+var goBenchOverrides = []goBenchRun{
+	{pkgs: []string{"./feeder"}, bench: "^BenchmarkPublishLatency$", benchtime: "5000x"},
+	{pkgs: []string{"./feeder"}, bench: "^BenchmarkFeederThroughput$", benchtime: "200000x"},
+}
+
+// goBenchPlan is every package's benchmarks for goBenchTime, except the packages of
+// goBenchOverrides, which run as those say.
+func goBenchPlan(ctx context.Context) ([]goBenchRun, error) {
+	out, err := exec.CommandContext(ctx, "go", "list", "./...").Output()
+	if err != nil {
+		return nil, fmt.Errorf("go list: %w", err)
+	}
+	special := map[string]bool{}
+	for _, o := range goBenchOverrides {
+		for _, p := range o.pkgs {
+			special[modulePath+strings.TrimPrefix(p, ".")] = true
+		}
+	}
+	rest := goBenchRun{bench: ".", benchtime: goBenchTime}
+	for _, p := range strings.Fields(string(out)) {
+		if !special[p] {
+			rest.pkgs = append(rest.pkgs, p)
+		}
+	}
+	return append([]goBenchRun{rest}, goBenchOverrides...), nil
+}
+
+// goBenchmarks runs every Go benchmark of the module as goBenchPlan says and turns each reported
 // metric into a figure.
 func goBenchmarks(ctx context.Context) ([]figure, error) {
 	fmt.Println("== go benchmarks")
-	cmd := exec.CommandContext(ctx, "go", "test", "-run", "^$", "-bench", ".", "-benchtime", goBenchTime, "./...")
+	plan, err := goBenchPlan(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var figs []figure
+	for _, r := range plan {
+		got, err := r.run(ctx)
+		if err != nil {
+			return nil, err
+		}
+		figs = append(figs, got...)
+	}
+	return figs, nil
+}
+
+func (r goBenchRun) run(ctx context.Context) ([]figure, error) {
+	args := append([]string{"test", "-run", "^$", "-bench", r.bench, "-benchtime", r.benchtime}, r.pkgs...)
+	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()
 	os.Stdout.Write(out)
 	if err != nil {
-		return nil, fmt.Errorf("go benchmarks: %w", err)
+		return nil, fmt.Errorf("go benchmarks (-bench %s -benchtime %s): %w", r.bench, r.benchtime, err)
 	}
+	return parseGoBench(string(out), "-benchtime "+r.benchtime), nil
+}
+
+// parseGoBench turns each metric of go test -bench output into a figure.
+func parseGoBench(out, note string) []figure {
 	var figs []figure
 	pkg := ""
-	for _, line := range strings.Split(string(out), "\n") {
+	for _, line := range strings.Split(out, "\n") {
 		if p, ok := strings.CutPrefix(line, "pkg: "); ok {
-			pkg = strings.TrimPrefix(p, "github.com/kawase-fx/kawase/")
+			pkg = strings.TrimPrefix(p, modulePath+"/")
 			continue
 		}
 		m := benchLine.FindStringSubmatch(line)
@@ -129,10 +196,10 @@ func goBenchmarks(ctx context.Context) ([]figure, error) {
 		}
 		fields := strings.Fields(m[2])
 		for i := 0; i+1 < len(fields); i += 2 {
-			figs = append(figs, figure{Name: pkg + " " + m[1], Value: fields[i], Unit: fields[i+1]})
+			figs = append(figs, figure{Name: pkg + " " + m[1], Value: fields[i], Unit: fields[i+1], Note: note})
 		}
 	}
-	return figs, nil
+	return figs
 }
 
 func writeResults(dir, readme string, figs []figure) error {
@@ -158,9 +225,10 @@ func writeResults(dir, readme string, figs []figure) error {
 
 func markdownTable(figs []figure) string {
 	var b strings.Builder
-	b.WriteString("| figure | value | unit | machine | date |\n|---|---:|---|---|---|\n")
+	b.WriteString("| figure | value | unit | note | machine | date |\n|---|---:|---|---|---|---|\n")
 	for _, f := range figs {
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", f.Name, f.Value, f.Unit, f.Machine, f.Date)
+		note := strings.NewReplacer("|", "\\|", "\n", " ").Replace(f.Note)
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", f.Name, f.Value, f.Unit, note, f.Machine, f.Date)
 	}
 	return b.String()
 }

@@ -1,0 +1,178 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/kawase-fx/kawase/functions/rates/loadtest"
+)
+
+// Sizes of the system scenario's rates measurements.
+const (
+	ratesLoadClients      = 64
+	ratesLoadDurationS    = 10
+	ratesGoalReqPerSec    = 20_000
+	streamClients         = 5_000
+	streamFallbackClients = 1_000
+	streamDurationS       = 15
+	streamGoalLagP99Ms    = 100
+	// streamSpareFiles is what the bench keeps free of its open-files limit besides the streams.
+	streamSpareFiles    = 256
+	freshnessMetric     = "kawase_rates_freshness_seconds"
+	freshnessGoalMs     = 50
+	streamDroppedMetric = "kawase_rates_stream_dropped_total"
+)
+
+// measureRatesGet drives GET /v1/rates of the dev's HTTP listener, then a bare net/http server on
+// loopback answering the same bytes, with the same keep-alive clients, and reports both and their ratio.
+func measureRatesGet(ctx context.Context, s *systemRun) ([]figure, error) {
+	url := s.dev.state.HTTP + "/v1/rates"
+	body, err := httpGet(ctx, url)
+	if err != nil {
+		return nil, err
+	}
+	kawase, err := getLoad(ctx, url)
+	if err != nil {
+		return nil, fmt.Errorf("kawase: %w", err)
+	}
+	bare, err := bareLoad(ctx, body)
+	if err != nil {
+		return nil, fmt.Errorf("bare net/http: %w", err)
+	}
+	goal := fmt.Sprintf("goal %d req/s across pods; one machine, %d keep-alive clients, %d s, %d bytes, load generator on the same cores",
+		ratesGoalReqPerSec, ratesLoadClients, ratesLoadDurationS, len(body))
+	figs := getFigures("kawase GET /v1/rates", kawase, goal)
+	figs = append(figs, getFigures("bare net/http, same bytes", bare, "the ceiling of this machine for the same load")...)
+	figs = append(figs, figure{Name: "kawase GET /v1/rates ÷ bare net/http", Value: strconv.FormatFloat(kawase.RequestsPerSec/bare.RequestsPerSec, 'f', 2, 64),
+		Unit: "ratio", Note: "1.00 = no overhead over serving fixed bytes; the rest is kawase's handler"})
+	return figs, nil
+}
+
+func getLoad(ctx context.Context, url string) (loadtest.Result, error) {
+	res, err := loadtest.Run(ctx, loadtest.Options{URL: url, Concurrency: ratesLoadClients, Duration: ratesLoadDurationS * time.Second})
+	if err != nil {
+		return res, err
+	}
+	fmt.Printf("      %s: %v\n", url, res)
+	return res, nil
+}
+
+// bareLoad serves body from a plain net/http server on loopback and measures it like kawase.
+func bareLoad(ctx context.Context, body []byte) (loadtest.Result, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return loadtest.Result{}, err
+	}
+	length := strconv.Itoa(len(body))
+	srv := &http.Server{ReadHeaderTimeout: devHTTPTimeoutS * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Length", length)
+		_, _ = w.Write(body)
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	defer srv.Close()
+	return getLoad(ctx, "http://"+ln.Addr().String()+"/v1/rates")
+}
+
+func getFigures(what string, r loadtest.Result, note string) []figure {
+	if r.Errors > 0 {
+		note += fmt.Sprintf("; %d of %d requests failed", r.Errors, r.Requests)
+	}
+	return []figure{
+		{Name: what + " throughput", Value: f0(r.RequestsPerSec), Unit: "req/s", Note: note},
+		{Name: what + " latency p50", Value: ms(r.P50), Unit: "ms"},
+		{Name: what + " latency p99", Value: ms(r.P99), Unit: "ms"},
+	}
+}
+
+// measureStream holds streamClients SSE clients on /v1/rates/stream (fewer when the open-files limit
+// cannot hold them, or after a failed attempt) and reports update lag and dropped clients.
+func measureStream(ctx context.Context, s *systemRun) ([]figure, error) {
+	clients, note := streamClientCount()
+	before, err := scrapeMetrics(ctx, s.dev.state.HTTP)
+	if err != nil {
+		return nil, err
+	}
+	res, err := streamLoad(ctx, s.dev.state.HTTP, clients)
+	if err != nil && clients > streamFallbackClients {
+		fmt.Printf("      %d streams failed (%v); retrying with %d\n", clients, err, streamFallbackClients)
+		note += fmt.Sprintf("%d streams failed (%v), fell back to %d; ", clients, err, streamFallbackClients)
+		res, err = streamLoad(ctx, s.dev.state.HTTP, streamFallbackClients)
+	}
+	if err != nil {
+		return nil, err
+	}
+	after, err := scrapeMetrics(ctx, s.dev.state.HTTP)
+	if err != nil {
+		return nil, err
+	}
+	dropped := after[streamDroppedMetric] - before[streamDroppedMetric]
+	return streamFigures(res, note, dropped), nil
+}
+
+// streamClientCount is streamClients, or what the open-files limit allows, with a note when fewer.
+func streamClientCount() (int, string) {
+	limit := openFileLimit()
+	if limit >= streamClients+streamSpareFiles {
+		return streamClients, ""
+	}
+	n := int(limit) - streamSpareFiles
+	return max(n, 1), fmt.Sprintf("open-files limit %d allows only %d of %d streams; ", limit, n, streamClients)
+}
+
+func streamLoad(ctx context.Context, base string, clients int) (loadtest.StreamResult, error) {
+	res, err := loadtest.Stream(ctx, loadtest.StreamOptions{URL: base + "/v1/rates/stream", Clients: clients,
+		Duration: streamDurationS * time.Second})
+	if err == nil {
+		fmt.Printf("      %v (connected in %v)\n", res, res.ConnectTime.Round(time.Millisecond))
+	}
+	return res, err
+}
+
+func streamFigures(r loadtest.StreamResult, note string, dropped float64) []figure {
+	what := fmt.Sprintf("SSE /v1/rates/stream, %d clients", r.Clients)
+	return []figure{
+		{Name: what + ": connected", Value: strconv.Itoa(r.Connected), Unit: "clients",
+			Note: note + fmt.Sprintf("snapshot reached all connected clients in %v; held %d s", r.ConnectTime.Round(time.Millisecond), streamDurationS)},
+		{Name: what + ": update lag p50", Value: ms(r.LagP50), Unit: "ms", Note: "server emit → client has read the whole batch"},
+		{Name: what + ": update lag p99", Value: ms(r.LagP99), Unit: "ms", Note: fmt.Sprintf("goal p99 < %d ms after conflation; max %v; %d updates read",
+			streamGoalLagP99Ms, r.LagMax.Round(time.Millisecond), r.Updates)},
+		{Name: what + ": rate age p99", Value: ms(r.AgeP99), Unit: "ms", Note: "provider time of the rate → client (p50 " + ms(r.AgeP50) + " ms)"},
+		{Name: what + ": streams ended early", Value: strconv.Itoa(r.Ended), Unit: "clients", Note: "client side: stream closed or failed before the end"},
+		{Name: what + ": dropped by server", Value: f0(dropped), Unit: "clients", Note: streamDroppedMetric + " during the run (slow consumers cut off)"},
+	}
+}
+
+// scrapeFreshnessBefore records the freshness histogram before the rates loads.
+func scrapeFreshnessBefore(ctx context.Context, s *systemRun) ([]figure, error) {
+	m, err := scrapeMetrics(ctx, s.dev.state.HTTP)
+	if err != nil {
+		return nil, err
+	}
+	s.freshBefore = histogramOf(m, freshnessMetric)
+	return nil, nil
+}
+
+// measureFreshness reports the freshness histogram's growth during the rates loads: from the feeder's
+// receipt of a rate to its publication in the rates snapshot.
+func measureFreshness(ctx context.Context, s *systemRun) ([]figure, error) {
+	m, err := scrapeMetrics(ctx, s.dev.state.HTTP)
+	if err != nil {
+		return nil, err
+	}
+	h := histogramOf(m, freshnessMetric).minus(s.freshBefore)
+	if h.count == 0 {
+		return nil, fmt.Errorf("%s: no observations during the rates loads", freshnessMetric)
+	}
+	note := fmt.Sprintf("%s over %.0f rates during the GET and SSE loads (bucket-interpolated); goal well under the %d ms quote interval",
+		freshnessMetric, h.count, freshnessGoalMs)
+	return []figure{
+		{Name: "rate freshness (feeder receipt → snapshot) average", Value: f1(h.sum / h.count * 1000), Unit: "ms", Note: note},
+		{Name: "rate freshness (feeder receipt → snapshot) p50", Value: f1(h.quantile(0.5) * 1000), Unit: "ms"},
+		{Name: "rate freshness (feeder receipt → snapshot) p99", Value: f1(h.quantile(0.99) * 1000), Unit: "ms"},
+	}, nil
+}
