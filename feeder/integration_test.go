@@ -15,11 +15,14 @@ import (
 
 // The loopback integration run: 50 pairs, each quoted every 50 ms.
 const (
-	integrationIntervalMs    = 50
-	integrationShortSeconds  = 3
-	integrationLongSeconds   = 30
-	integrationDrainSeconds  = 60
-	integrationRateTolerance = 0.9
+	integrationIntervalMs   = 50
+	integrationShortSeconds = 3
+	integrationLongSeconds  = 30
+	integrationDrainSeconds = 60
+	// integrationVolumeWaitFactor bounds how long the run may take to carry its full volume, as a
+	// multiple of its nominal duration: a busy machine ticks the simulator late, and the test waits
+	// for the volume rather than asserting a rate.
+	integrationVolumeWaitFactor = 4
 )
 
 // TestRatesReachTopic runs a short loopback run on every test invocation.
@@ -82,7 +85,20 @@ func runIntegration(t *testing.T, d time.Duration) {
 	rf := startFeeder(t, Config{FIX: FIXConfig{Addr: sim.Addr()}, Pairs: pairs, Brokers: []string{addr},
 		Elector: NewPGElector(migratedDB(t), "it", nil), OnPublished: lat.observe})
 	waitFor(t, 15*time.Second, "all pairs subscribed", func() bool { return len(sim.Subscribed()) == len(pairs) })
-	time.Sleep(d)
+	// The run carries the nominal volume: d at one quote per pair per interval, however late a busy
+	// machine makes the simulator's ticks.
+	perPair := int(d.Milliseconds() / integrationIntervalMs)
+	started := time.Now()
+	waitFor(t, integrationVolumeWaitFactor*d, "the provider sent the full volume", func() bool {
+		quotes := sim.Stats().Quotes
+		for _, p := range pairs {
+			if quotes[p] < perPair {
+				return false
+			}
+		}
+		return true
+	})
+	d = time.Since(started)
 	sim.Pause()
 	sent := sim.Stats().Quotes
 	total := 0
@@ -96,12 +112,6 @@ func runIntegration(t *testing.T, d time.Duration) {
 		t.Fatal(err)
 	}
 	checkExactlyOnceInOrder(t, rates, sent, pairs)
-	minPerPair := int(integrationRateTolerance * d.Seconds() * 1000 / integrationIntervalMs)
-	for _, p := range pairs {
-		if sent[p] < minPerPair {
-			t.Errorf("%s: provider sent %d quotes in %s, want at least %d", p, sent[p], d, minPerPair)
-		}
-	}
 	if got := rf.metric("kawase_feeder_fix_disconnects_total", nil); got != 0 {
 		t.Errorf("%v disconnects during the run", got)
 	}
