@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"strings"
@@ -244,6 +245,9 @@ func (e *devEnv) serve(ctx context.Context) error {
 	}
 	reg, health, mux := observe.NewRegistry(), observe.NewHealth(), http.NewServeMux()
 	observe.Mount(mux, reg, health)
+	// Profiles of the whole local system, for finding where its time goes (local mode only).
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	health.AddCheck("database", e.pool.Ping)
 	health.AddCheck("kafka", e.pingKafka)
 	gs := grpc.NewServer()
