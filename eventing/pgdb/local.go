@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -41,6 +42,10 @@ const (
 	localStartTimeoutSec = 60
 	localPasswordBytes   = 24
 	localUnprivileged    = "postgres"
+	// A server that looks running but refuses connections (killed, not yet reaped) is polled every
+	// localStalePollMs for at most localStaleWaitMs before a new one is started.
+	localStaleWaitMs = 5_000
+	localStalePollMs = 200
 )
 
 // ErrNoPostgres means no PostgreSQL server binaries were found; `make` installs them.
@@ -163,7 +168,7 @@ func (l *Local) start(ctx context.Context) error {
 	if err := l.initdbOnce(ctx); err != nil {
 		return err
 	}
-	if port, ok := l.runningPort(); ok {
+	if port, ok := l.reusablePort(ctx); ok {
 		l.port = port
 		return nil
 	}
@@ -177,6 +182,32 @@ func (l *Local) start(ctx context.Context) error {
 		return fmt.Errorf("start local postgres (log in %s): %w", filepath.Join(l.dir, localLogFile), err)
 	}
 	return nil
+}
+
+// reusablePort reports the port of a server already running on this data directory that accepts
+// connections. A server killed a moment ago may still look running (its postmaster not yet reaped):
+// that is waited out for at most localStaleWaitMs, after which the caller starts a new one.
+func (l *Local) reusablePort(ctx context.Context) (int, bool) {
+	deadline := time.Now().Add(localStaleWaitMs * time.Millisecond)
+	for {
+		port, ok := l.runningPort()
+		if !ok {
+			return 0, false
+		}
+		conn, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), localStalePollMs*time.Millisecond)
+		if err == nil {
+			conn.Close()
+			return port, true
+		}
+		if time.Now().After(deadline) {
+			return 0, false
+		}
+		select {
+		case <-ctx.Done():
+			return 0, false
+		case <-time.After(localStalePollMs * time.Millisecond):
+		}
+	}
 }
 
 // runningPort reports the port of a server already running on this data directory.

@@ -6,16 +6,24 @@ package pgdb
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"io/fs"
 	"regexp"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
 	"github.com/pressly/goose/v3/lock"
+)
+
+// SQLSTATEs a concurrent CREATE SCHEMA IF NOT EXISTS can fail with.
+const (
+	sqlstateUniqueViolation = "23505"
+	sqlstateDuplicateSchema = "42P06"
 )
 
 // Limits of connecting.
@@ -62,7 +70,7 @@ func Migrate(ctx context.Context, url, schema string, fsys fs.FS) error {
 	}
 	db := stdlib.OpenDB(*cfg)
 	defer db.Close()
-	if _, err := db.ExecContext(ctx, "CREATE SCHEMA IF NOT EXISTS "+schema); err != nil {
+	if _, err := db.ExecContext(ctx, "CREATE SCHEMA IF NOT EXISTS "+schema); err != nil && !createdConcurrently(err) {
 		return fmt.Errorf("migrate %s: create schema: %w", schema, err)
 	}
 	return runMigrations(ctx, db, schema, fsys)
@@ -84,4 +92,12 @@ func runMigrations(ctx context.Context, db *sql.DB, schema string, fsys fs.FS) e
 		return fmt.Errorf("migrate %s: %w", schema, err)
 	}
 	return nil
+}
+
+// createdConcurrently says whether CREATE SCHEMA IF NOT EXISTS failed only because another replica
+// created the schema at the same moment (PostgreSQL checks existence before it inserts, so two racing
+// sessions can both pass the check; the loser gets a unique violation or duplicate_schema).
+func createdConcurrently(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (pgErr.Code == sqlstateUniqueViolation || pgErr.Code == sqlstateDuplicateSchema)
 }

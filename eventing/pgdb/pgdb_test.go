@@ -1,8 +1,11 @@
 package pgdb_test
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"os"
+	"sync"
 	"testing"
 	"testing/fstest"
 
@@ -86,5 +89,31 @@ func TestStartLocalReusesCluster(t *testing.T) {
 	var v string
 	if err := pool2.QueryRow(ctx, "SELECT v::text FROM kept").Scan(&v); err != nil || v != "1.50" {
 		t.Fatalf("data after restart = %q, %v", v, err)
+	}
+}
+
+// TestMigrateFromReplicasStartingTogether: replicas that start at once all migrate the same new
+// schema; none fails on the race to create it.
+func TestMigrateFromReplicasStartingTogether(t *testing.T) {
+	const replicas, rounds = 8, 5
+	url := pgtest.URL(t)
+	fsys := fstest.MapFS{
+		"00001_init.sql": {Data: []byte("-- +goose Up\nCREATE TABLE {{S}}.thing (id bigint PRIMARY KEY);\n")},
+	}
+	for round := range rounds {
+		schema := fmt.Sprintf("together_%d", round)
+		files := fstest.MapFS{"00001_init.sql": {Data: bytes.ReplaceAll(fsys["00001_init.sql"].Data, []byte("{{S}}"), []byte(schema))}}
+		errs := make(chan error, replicas)
+		var wg sync.WaitGroup
+		for range replicas {
+			wg.Go(func() { errs <- pgdb.Migrate(context.Background(), url, schema, files) })
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+		}
 	}
 }
