@@ -483,6 +483,15 @@ func (s *Service) place(w http.ResponseWriter, ctx context.Context, acct string,
 	defer func() { s.m.orderSeconds.WithLabelValues(outcome).Observe(time.Since(started).Seconds()) }()
 	w.Header().Set("Location", orderPath(acct, orderID))
 	if res == nil {
+		// No result came: either the ledger is still on its way, or this is a retry of a command it
+		// applied long ago (its result went by before this request listened). The ledger knows which.
+		lctx, cancel := ledgerCtx(ctx)
+		o, err := s.ledger.GetOrder(lctx, orderKey(acct, orderID))
+		cancel()
+		if err == nil {
+			writeJSON(w, http.StatusCreated, orderView(o))
+			return
+		}
 		outcome = "pending"
 		writeJSON(w, http.StatusAccepted, submittedView(acct, orderID, spec, nil))
 		return
