@@ -190,8 +190,12 @@ func (e *devEnv) announceDemo(ctx context.Context) error {
 	if err := e.writeState(); err != nil {
 		e.log.Warnw("updating dev.json", "error", err)
 	}
-	fmt.Printf("kawase dev is ready:\n  rate board  %s/\n  rates       %s/v1/rates\n  trading     %s/v1/accounts/%s  (Authorization: Bearer %s)\n  admin token %s\n  extsim      %s/stats\n",
-		base, base, base, e.secrets.DemoAccountID, e.secrets.DemoAccountToken, e.secrets.AdminToken, e.extsim)
+	external := e.cfg.ExternalURL
+	if e.extsim != "" {
+		external = e.extsim + "/stats"
+	}
+	fmt.Printf("kawase dev is ready:\n  rate board  %s/\n  rates       %s/v1/rates\n  trading     %s/v1/accounts/%s  (Authorization: Bearer %s)\n  admin token %s\n  external    %s\n",
+		base, base, base, e.secrets.DemoAccountID, e.secrets.DemoAccountToken, e.secrets.AdminToken, external)
 	<-ctx.Done()
 	return nil
 }
