@@ -69,6 +69,11 @@ func (s *Service) storeError(w http.ResponseWriter, err error) {
 			Title: "no such dead letter", Detail: err.Error()})
 		return
 	}
+	if errors.Is(err, ErrReplayed) {
+		observe.WriteProblem(w, observe.Problem{Status: http.StatusConflict, Code: "replayed",
+			Title: "dead letter already replayed", Detail: "a replayed dead letter was delivered; there is nothing to discard"})
+		return
+	}
 	s.log.Errorw("dead-letter store failed", "error", err)
 	observe.WriteProblem(w, observe.Problem{Status: http.StatusServiceUnavailable, Code: "store_unavailable",
 		Title: "dead-letter store unavailable", Detail: "the database is unavailable; retry"})

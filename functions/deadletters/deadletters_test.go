@@ -317,6 +317,10 @@ func TestReplayAndDiscard(t *testing.T) {
 	if code := api(t, http.MethodPost, two+"/replay", nil, nil); code != http.StatusConflict {
 		t.Fatalf("replay of a discarded letter: %d", code)
 	}
+	// A replayed letter was delivered: it cannot be discarded after the fact.
+	if code := api(t, http.MethodDelete, one, map[string]string{"reason": "too late"}, nil); code != http.StatusConflict {
+		t.Fatalf("discard of a replayed letter: %d", code)
+	}
 	if got := list(t, svcURL, "status=discarded"); len(got) != 1 || got[0].ID != items[1].ID {
 		t.Fatalf("discarded list %+v", got)
 	}

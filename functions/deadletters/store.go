@@ -13,6 +13,10 @@ import (
 // ErrNotFound marks a dead letter id that does not exist.
 var ErrNotFound = errors.New("no such dead letter")
 
+// ErrReplayed marks a dead letter that was already delivered by a replay: there is nothing left to
+// discard, and marking it discarded would misstate what happened to the event.
+var ErrReplayed = errors.New("dead letter already replayed")
+
 // store is the deadletters schema.
 type store struct {
 	pool *pgxpool.Pool
@@ -246,6 +250,9 @@ func (s *store) discard(ctx context.Context, id int64, actor, reason string) (bo
 	}
 	if prev == StatusDiscarded {
 		return false, nil
+	}
+	if prev == StatusReplayed {
+		return false, fmt.Errorf("dead letter %d: %w", id, ErrReplayed)
 	}
 	if _, err := tx.Exec(ctx, `UPDATE deadletters.dead_letters SET status = 'discarded', discarded_at = now(),
     discarded_by = $2, discard_reason = $3 WHERE id = $1`, id, actor, reason); err != nil {
