@@ -5,10 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -40,15 +37,8 @@ func TestCloudEventEndpointsAcceptBothEncodings(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts the whole dev environment")
 	}
-	tmp := t.TempDir()
-	bin := buildKawase(t, tmp)
-	dataDir := filepath.Join(tmp, "run")
-	if err := os.Mkdir(dataDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	_, kafkaPort, _ := net.SplitHostPort(freeAddr(t))
-	dev := startDev(t, bin, dataDir, []string{"KAWASE_HTTP_ADDR=" + freeAddr(t), "KAWASE_GRPC_ADDR=" + freeAddr(t),
-		"KAWASE_KAFKA_PORT=" + kafkaPort, "DATABASE_URL=", "KAFKA_BROKERS=", "KAWASE_LOG_LEVEL=warn"})
+	setup := newDevSetup(t, "KAWASE_LOG_LEVEL=warn")
+	dev := startDev(t, setup.bin, setup.dataDir, setup.env)
 	defer dev.interrupt(t)
 	base, admin := dev.state.HTTP, dev.state.AdminToken
 	if status := postJSON(t, dev.state.Extsim+"/control/open", "", nil, nil); status != http.StatusOK {

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -157,12 +156,9 @@ func TestLedgerSurvivesKill9(t *testing.T) {
 	if *kill9Full {
 		total, runSec = kill9OrdersFull, kill9RunFullSec
 	}
-	tmp := t.TempDir()
-	bin := buildKawase(t, tmp)
-	dataDir := filepath.Join(tmp, "run")
-	if err := os.Mkdir(dataDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	secret := randomHex(kill9HexSecret)
+	setup := newDevSetup(t, "KAWASE_LOG_LEVEL=warn", "KAWASE_RELAY_HMAC_SECRETS="+secret)
+	bin, dataDir := setup.bin, setup.dataDir
 	// The private PostgreSQL outlives a SIGKILLed dev (it runs in its own process group, and dev
 	// reuses it on restart); stop it if the test ends without a clean Ctrl-C.
 	t.Cleanup(func() { stopLocalPostgres(t, filepath.Join(dataDir, devPGSubdir)) })
@@ -171,12 +167,8 @@ func TestLedgerSurvivesKill9(t *testing.T) {
 			dumpDevLogs(t, dataDir)
 		}
 	})
-	secret := randomHex(kill9HexSecret)
-	sim := startKill9Extsim(t, bin, tmp, secret)
-	_, kafkaPort, _ := net.SplitHostPort(freeAddr(t))
-	env := []string{"KAWASE_HTTP_ADDR=" + freeAddr(t), "KAWASE_GRPC_ADDR=" + freeAddr(t), "KAWASE_KAFKA_PORT=" + kafkaPort,
-		"DATABASE_URL=", "KAFKA_BROKERS=", "KAWASE_LOG_LEVEL=warn", "KAWASE_EXTERNAL_URL=" + sim + extsim.DeliveryPath,
-		"KAWASE_RELAY_HMAC_SECRETS=" + secret}
+	sim := startKill9Extsim(t, bin, setup.tmp, secret)
+	env := append(setup.env, "KAWASE_EXTERNAL_URL="+sim+extsim.DeliveryPath)
 	dev := startDev(t, bin, dataDir, env)
 	firstDB := dev.state.Database
 	r := &kill9Run{base: dev.state.HTTP, admin: dev.state.AdminToken, total: total, orders: make([]*kill9Order, total),

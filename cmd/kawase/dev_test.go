@@ -49,6 +49,26 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
+// devSetup is what a test needs to run `kawase dev`: the built binary, a fresh data directory, and
+// the environment with free ports for its listeners and no outside database or broker.
+type devSetup struct {
+	tmp, bin, dataDir, kafkaPort string
+	env                          []string
+}
+
+func newDevSetup(t *testing.T, extraEnv ...string) devSetup {
+	t.Helper()
+	tmp := t.TempDir()
+	s := devSetup{tmp: tmp, bin: buildKawase(t, tmp), dataDir: filepath.Join(tmp, "run")}
+	if err := os.Mkdir(s.dataDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_, s.kafkaPort, _ = net.SplitHostPort(freeAddr(t))
+	s.env = append([]string{"KAWASE_HTTP_ADDR=" + freeAddr(t), "KAWASE_GRPC_ADDR=" + freeAddr(t),
+		"KAWASE_KAFKA_PORT=" + s.kafkaPort, "DATABASE_URL=", "KAFKA_BROKERS="}, extraEnv...)
+	return s
+}
+
 // devProcess is a running `kawase dev`.
 type devProcess struct {
 	cmd   *exec.Cmd
@@ -119,15 +139,8 @@ func TestDevStartsStopsAndKeepsData(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts the whole dev environment")
 	}
-	tmp := t.TempDir()
-	bin := buildKawase(t, tmp)
-	dataDir := filepath.Join(tmp, "run")
-	if err := os.Mkdir(dataDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	_, kafkaPort, _ := net.SplitHostPort(freeAddr(t))
-	env := []string{"KAWASE_HTTP_ADDR=" + freeAddr(t), "KAWASE_GRPC_ADDR=" + freeAddr(t), "KAWASE_KAFKA_PORT=" + kafkaPort,
-		"DATABASE_URL=", "KAFKA_BROKERS="}
+	setup := newDevSetup(t)
+	bin, dataDir, env, kafkaPort := setup.bin, setup.dataDir, setup.env, setup.kafkaPort
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
