@@ -460,12 +460,10 @@ func TestPoisonExecutionRejectedThenReplayed(t *testing.T) {
 	if s.Accepted != 5 || s.Gaps != 0 || !s.Accounts["acct-000"].Complete() || s.Accounts["acct-000"].LastSeq != 5 {
 		t.Fatalf("after the fix: %+v", s)
 	}
-	out.Reset()
-	if err := dlqMain(context.Background(), &out, t.TempDir(), target, []string{"discard", id, "--reason", "test"}); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(out.String(), "discarded dead letter "+id) {
-		t.Fatalf("dlq discard:\n%s", out.String())
+	// Delivered by the replay, the letter can no longer be discarded: the CLI says so.
+	err := dlqMain(context.Background(), io.Discard, t.TempDir(), target, []string{"discard", id, "--reason", "test"})
+	if err == nil || !strings.Contains(err.Error(), "replayed, HTTP 409") {
+		t.Fatalf("dlq discard of a replayed letter: %v", err)
 	}
 }
 
@@ -574,4 +572,33 @@ func processCPU(tb testing.TB) time.Duration {
 		tb.Fatal(err)
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// TestDLQDiscardThroughTheAPI: `kawase dlq discard` marks an open dead letter discarded, with the
+// reason, over the real API; the letter is kept.
+func TestDLQDiscardThroughTheAPI(t *testing.T) {
+	st := startRelayStack(t, 100, extsim.Config{})
+	events := executionEvents(t, 1, 1)
+	if err := st.sim.Refuse(extsim.Refusal{ExecutionID: events[0].ID(), Reason: "unknown account"}); err != nil {
+		t.Fatal(err)
+	}
+	d := &simDispatcher{subscriber: st.relayURL, sink: st.dlURL + "/"}
+	d.run(t, events)
+	rejected := st.letters(t, "category=rejected")
+	if len(rejected) != 1 {
+		t.Fatalf("rejected letters %+v", rejected)
+	}
+	id := strconv.FormatInt(rejected[0].ID, 10)
+	var out bytes.Buffer
+	target := apiTarget{URL: st.dlURL, Token: relayTestAdminToken}
+	if err := dlqMain(context.Background(), &out, t.TempDir(), target, []string{"discard", id, "--reason", "booked by hand"}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "discarded dead letter "+id) {
+		t.Fatalf("dlq discard:\n%s", out.String())
+	}
+	discarded := st.letters(t, "status=discarded")
+	if len(discarded) != 1 || discarded[0].DiscardReason != "booked by hand" {
+		t.Fatalf("discarded letters %+v", discarded)
+	}
 }
