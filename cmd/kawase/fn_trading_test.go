@@ -976,3 +976,35 @@ func TestTradingPricesFromTheRatesService(t *testing.T) {
 	}
 	st.checkBooks(t)
 }
+
+// TestSubmittedOrderReadAndCancelledBeforeTheLedgerApplies: while the ledger is held back, an order
+// answers 202 with its URL; that URL answers at once (status submitted), by id and by client order
+// id, and a cancel is accepted (202) and applied after the placement once the ledger resumes.
+func TestSubmittedOrderReadAndCancelledBeforeTheLedgerApplies(t *testing.T) {
+	st := startTradingStack(t)
+	a := st.openAccount(t, "JPY", "1000000")
+	st.disp.Held.Store(true)
+	status, body := st.do(t, http.MethodPost, "/v1/accounts/"+a.ID+"/orders", a.Token,
+		map[string]string{"pair": "USD_JPY", "side": "buy", "units": "1000", "type": "limit", "price": "100.000",
+			"clientOrderId": "held-1"}, http.Header{"Idempotency-Key": {"held-1"}})
+	var placed trading.OrderView
+	if status != http.StatusAccepted || json.Unmarshal(body, &placed) != nil || placed.Status != trading.StatusSubmitted {
+		t.Fatalf("placement while the ledger is held: %d %s", status, body)
+	}
+	for _, ref := range []string{placed.ID, "@held-1"} {
+		var got trading.OrderView
+		if status, body := st.do(t, http.MethodGet, "/v1/accounts/"+a.ID+"/orders/"+ref, a.Token, nil, nil); status != http.StatusOK ||
+			json.Unmarshal(body, &got) != nil || got.ID != placed.ID || got.Status != trading.StatusSubmitted || got.Price != "100.000" {
+			t.Fatalf("GET %s of a submitted order: %d %s", ref, status, body)
+		}
+	}
+	if status, body := st.do(t, http.MethodDelete, "/v1/accounts/"+a.ID+"/orders/"+placed.ID, a.Token, nil, nil); status != http.StatusAccepted {
+		t.Fatalf("cancel of a submitted order: %d %s", status, body)
+	}
+	st.disp.Held.Store(false)
+	waitTrading(t, "the placement, then the cancel, applied", func() bool {
+		var got trading.OrderView
+		status, body := st.do(t, http.MethodGet, "/v1/accounts/"+a.ID+"/orders/"+placed.ID, a.Token, nil, nil)
+		return status == http.StatusOK && json.Unmarshal(body, &got) == nil && got.Status == "cancelled"
+	})
+}

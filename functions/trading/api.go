@@ -468,15 +468,8 @@ func (s *Service) place(w http.ResponseWriter, ctx context.Context, acct string,
 	orderID := derivedID("o_", orderIDRandomBytes, key, acct)
 	cmd := &eventing.OrderCommandV1{CommandID: "place:" + orderID, Kind: eventing.CommandPlace, AccountID: acct,
 		OrderID: orderID, Order: spec, RequestedAt: started.UTC()}
-	if err := s.recordSubmitted(ctx, acct, orderID, spec); err != nil {
-		s.log.Warnw("recording a submitted order failed", "order", orderID, "error", err)
-		observe.WriteProblem(w, observe.Problem{Status: http.StatusServiceUnavailable, Code: "database_unavailable",
-			Title: "the order could not be submitted; retry", Detail: "retry with the same Idempotency-Key"})
-		return
-	}
 	res, ok := s.submit(w, ctx, cmd, deadline)
 	if !ok {
-		s.forgetSubmitted(ctx, acct, orderID)
 		return
 	}
 	outcome := "decided"
@@ -491,6 +484,13 @@ func (s *Service) place(w http.ResponseWriter, ctx context.Context, acct string,
 		if err == nil {
 			writeJSON(w, http.StatusCreated, orderView(o))
 			return
+		}
+		// Before the client learns the order's id, note that it was published, so that GET and DELETE
+		// find it while the ledger has not applied it yet. Orders decided in time never need the note.
+		if err := s.recordSubmitted(ctx, acct, orderID, spec); err != nil {
+			s.m.submittedRecordErrors.Inc()
+			s.log.Warnw("recording a submitted order failed; GET answers 404 until the ledger applies it",
+				"order", orderID, "error", err)
 		}
 		outcome = "pending"
 		writeJSON(w, http.StatusAccepted, submittedView(acct, orderID, spec, nil))

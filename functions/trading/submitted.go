@@ -19,8 +19,9 @@ import (
 // errNotSubmitted: trading has no record of publishing the order.
 var errNotSubmitted = errors.New("order not submitted here")
 
-// recordSubmitted notes that the order is about to be published, before it is, so that a client
-// answered 202 can read and cancel it at once. A retry of the same placement finds the row present.
+// recordSubmitted notes that the order was published and not yet decided, before the client is
+// answered 202 and learns its id, so that it can read and cancel it at once. A retry of the same
+// placement finds the row present.
 func (s *Service) recordSubmitted(ctx context.Context, acct, orderID string, spec *eventing.OrderSpec) error {
 	b, err := json.Marshal(spec)
 	if err != nil {
@@ -35,14 +36,6 @@ func (s *Service) recordSubmitted(ctx context.Context, acct, orderID string, spe
 		return fmt.Errorf("record submitted order: %w", err)
 	}
 	return nil
-}
-
-// forgetSubmitted removes the record of a placement that could not be published.
-func (s *Service) forgetSubmitted(ctx context.Context, acct, orderID string) {
-	if _, err := s.pool.Exec(context.WithoutCancel(ctx), `DELETE FROM trading.submitted_orders
-		WHERE account_id = $1 AND order_id = $2`, acct, orderID); err != nil {
-		s.log.Warnw("forgetting an unpublished order failed; it shows as submitted until expiry", "order", orderID, "error", err)
-	}
 }
 
 // submittedOrder looks up an order trading published (ref: its id, or "@" + client order id).
@@ -122,10 +115,10 @@ func submittedOrderProto(acct, id string, spec *eventing.OrderSpec) *ledgerv1.Or
 	o := &ledgerv1.Order{Id: id, AccountId: acct, ClientOrderId: spec.ClientOrderID, Pair: string(spec.Pair),
 		Side: spec.Side, Units: spec.Units.String(), Type: spec.Type, TimeInForce: spec.TimeInForce, Status: "pending"}
 	if spec.Price != nil {
-		o.Price = spec.Price.String()
+		o.Price = formatPrice(spec.Pair, *spec.Price)
 	}
 	if spec.PriceBound != nil {
-		o.PriceBound = spec.PriceBound.String()
+		o.PriceBound = formatPrice(spec.Pair, *spec.PriceBound)
 	}
 	return o
 }

@@ -184,6 +184,8 @@ type metrics struct {
 	requests     *prometheus.CounterVec
 	orderSeconds *prometheus.HistogramVec
 	rateLimited  prometheus.Counter
+	// submittedRecordErrors counts 202 answers whose order could not be noted as submitted.
+	submittedRecordErrors prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -195,8 +197,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 13)}, []string{"outcome"}),
 		rateLimited: prometheus.NewCounter(prometheus.CounterOpts{Name: "kawase_trading_rate_limited_total",
 			Help: "Requests refused with 429."}),
+		submittedRecordErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "kawase_trading_submitted_record_errors_total",
+			Help: "Orders answered 202 that could not be noted as submitted (GET answers 404 until the ledger applies them)."}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.orderSeconds, m.rateLimited} {
+	for _, c := range []prometheus.Collector{m.requests, m.orderSeconds, m.rateLimited, m.submittedRecordErrors} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("trading metrics: %w", err)
 		}

@@ -194,10 +194,10 @@ func submittedView(acct, orderID string, spec *eventing.OrderSpec, res *eventing
 		Units: spec.Units.String(), Type: spec.Type, TimeInForce: spec.TimeInForce, Status: StatusSubmitted,
 		Href: orderPath(acct, orderID)}
 	if spec.Price != nil {
-		v.Price = spec.Price.String()
+		v.Price = formatPrice(spec.Pair, *spec.Price)
 	}
 	if spec.PriceBound != nil {
-		v.PriceBound = spec.PriceBound.String()
+		v.PriceBound = formatPrice(spec.Pair, *spec.PriceBound)
 	}
 	if spec.GoodTill != nil {
 		v.GoodTill = spec.GoodTill.UTC().Format(time.RFC3339Nano)
@@ -239,4 +239,13 @@ func mustJSON(v any) []byte {
 		panic("trading: encode view: " + err.Error())
 	}
 	return b
+}
+
+// formatPrice writes a price at its pair's precision, as the ledger shows it.
+func formatPrice(p fx.Pair, price decimal.Decimal) string {
+	spec, err := fx.Lookup(p)
+	if err != nil {
+		return price.String()
+	}
+	return spec.FormatPrice(price)
 }

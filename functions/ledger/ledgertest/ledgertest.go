@@ -33,8 +33,10 @@ const (
 	deliverBackoffMinMs = 20
 	deliverBackoffMaxMs = 500
 	deliverTimeoutMs    = 15_000
-	commitQueueMax      = 1024
-	partitionQueueMax   = 64
+	// heldPollMs is how often a held delivery looks whether it may go.
+	heldPollMs        = 10
+	commitQueueMax    = 1024
+	partitionQueueMax = 64
 )
 
 // Dispatcher delivers the records of a topic to a CloudEvents sink over HTTP with Knative's ordered
@@ -49,6 +51,8 @@ type Dispatcher struct {
 	Client *http.Client
 	// Delivered and DeadLettered count records by outcome.
 	Delivered, DeadLettered atomic.Int64
+	// Held, while true, holds every delivery back, as a ledger that is slow or restarting would.
+	Held atomic.Bool
 }
 
 // Run delivers until ctx ends or the reader fails. Offsets are committed asynchronously, the latest
@@ -140,6 +144,13 @@ func (d *Dispatcher) partition(ctx context.Context, client *http.Client, ch <-ch
 
 // deliver posts one record until the sink takes it or dead-letters it; false when ctx ended first.
 func (d *Dispatcher) deliver(ctx context.Context, client *http.Client, m kafka.Message) bool {
+	for d.Held.Load() {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(heldPollMs * time.Millisecond):
+		}
+	}
 	ev, err := cekafka.FromMessage(m)
 	if err != nil {
 		d.DeadLettered.Add(1)

@@ -1,8 +1,8 @@
 -- +goose Up
 
--- submitted_orders remembers each order trading published, until long after the ledger applied it, so
--- that an order answered 202 (submitted, not yet decided) can be read and cancelled at once: GET and
--- DELETE fall back to it while the ledger does not know the order yet.
+-- submitted_orders remembers each order trading answered 202 (published, not decided in time), until
+-- long after the ledger applied it, so that it can be read and cancelled at once: GET and DELETE fall
+-- back to it while the ledger does not know the order yet.
 CREATE TABLE trading.submitted_orders (
     account_id       text NOT NULL,
     order_id         text NOT NULL,
