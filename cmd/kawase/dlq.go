@@ -230,6 +230,22 @@ func (c *dlqCommand) call(ctx context.Context, method, path string, body any) ([
 	return b, nil
 }
 
+// fetch calls the API and, with -o json, prints the answer as it is (printed is true); otherwise it
+// decodes the answer into v for the caller to print.
+func (c *dlqCommand) fetch(ctx context.Context, method, path string, body, v any) (printed bool, err error) {
+	b, err := c.call(ctx, method, path, body)
+	if err != nil {
+		return false, err
+	}
+	if c.format == "json" {
+		return true, c.printJSON(b)
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return false, fmt.Errorf("dlq: %w", err)
+	}
+	return false, nil
+}
+
 // printJSON writes an answer indented, for -o json.
 func (c *dlqCommand) printJSON(b []byte) error {
 	var buf bytes.Buffer
@@ -258,16 +274,9 @@ func (c *dlqCommand) list(ctx context.Context, pos []string) error {
 	if c.after > 0 {
 		q.Set("after", strconv.FormatInt(c.after, 10))
 	}
-	b, err := c.call(ctx, http.MethodGet, "/v1/deadletters?"+q.Encode(), nil)
-	if err != nil {
-		return err
-	}
-	if c.format == "json" {
-		return c.printJSON(b)
-	}
 	var page deadletters.ListPage
-	if err := json.Unmarshal(b, &page); err != nil {
-		return fmt.Errorf("dlq: %w", err)
+	if printed, err := c.fetch(ctx, http.MethodGet, "/v1/deadletters?"+q.Encode(), nil, &page); err != nil || printed {
+		return err
 	}
 	tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tCATEGORY\tSTATUS\tCODE\tTYPE\tEVENT ID\tFAILURES\tLAST FAILED\tDESTINATION")
@@ -317,16 +326,9 @@ func (c *dlqCommand) show(ctx context.Context, pos []string) error {
 	if err != nil {
 		return err
 	}
-	b, err := c.call(ctx, http.MethodGet, "/v1/deadletters/"+id, nil)
-	if err != nil {
-		return err
-	}
-	if c.format == "json" {
-		return c.printJSON(b)
-	}
 	var d deadletters.DeadLetter
-	if err := json.Unmarshal(b, &d); err != nil {
-		return fmt.Errorf("dlq: %w", err)
+	if printed, err := c.fetch(ctx, http.MethodGet, "/v1/deadletters/"+id, nil, &d); err != nil || printed {
+		return err
 	}
 	c.printLetter(d)
 	return nil
@@ -439,33 +441,19 @@ func (c *dlqCommand) replay(ctx context.Context, pos []string) error {
 	if err != nil {
 		return err
 	}
-	b, err := c.call(ctx, http.MethodPost, "/v1/deadletters/"+id+"/replay", nil)
-	if err != nil {
-		return err
-	}
-	if c.format == "json" {
-		return c.printJSON(b)
-	}
 	var d deadletters.DeadLetter
-	if err := json.Unmarshal(b, &d); err != nil {
-		return fmt.Errorf("dlq: %w", err)
+	if printed, err := c.fetch(ctx, http.MethodPost, "/v1/deadletters/"+id+"/replay", nil, &d); err != nil || printed {
+		return err
 	}
 	fmt.Fprintf(c.out, "replayed dead letter %d (event %s) to %s\n", d.ID, d.EventID, d.ErrorDest)
 	return nil
 }
 
 func (c *dlqCommand) replayAll(ctx context.Context) error {
-	b, err := c.call(ctx, http.MethodPost, "/v1/deadletters/replay", deadletters.ReplayFilter{Category: c.category,
-		Type: c.eventType, Dest: c.dest, Since: c.since, Limit: c.limit})
-	if err != nil {
-		return err
-	}
-	if c.format == "json" {
-		return c.printJSON(b)
-	}
 	var rep deadletters.ReplayReport
-	if err := json.Unmarshal(b, &rep); err != nil {
-		return fmt.Errorf("dlq: %w", err)
+	if printed, err := c.fetch(ctx, http.MethodPost, "/v1/deadletters/replay", deadletters.ReplayFilter{Category: c.category,
+		Type: c.eventType, Dest: c.dest, Since: c.since, Limit: c.limit}, &rep); err != nil || printed {
+		return err
 	}
 	fmt.Fprintf(c.out, "matched %d, replayed %d, failed %d\n", rep.Matched, rep.Replayed, rep.Failed)
 	for _, f := range rep.Failures {
@@ -485,16 +473,9 @@ func (c *dlqCommand) discard(ctx context.Context, pos []string) error {
 	if strings.TrimSpace(c.reason) == "" {
 		return fmt.Errorf("%w: dlq discard needs --reason", errUsage)
 	}
-	b, err := c.call(ctx, http.MethodDelete, "/v1/deadletters/"+id, map[string]string{"reason": c.reason})
-	if err != nil {
-		return err
-	}
-	if c.format == "json" {
-		return c.printJSON(b)
-	}
 	var d deadletters.DeadLetter
-	if err := json.Unmarshal(b, &d); err != nil {
-		return fmt.Errorf("dlq: %w", err)
+	if printed, err := c.fetch(ctx, http.MethodDelete, "/v1/deadletters/"+id, map[string]string{"reason": c.reason}, &d); err != nil || printed {
+		return err
 	}
 	fmt.Fprintf(c.out, "discarded dead letter %d (event %s) by %s: %s\n", d.ID, d.EventID, d.DiscardedBy, d.DiscardReason)
 	return nil
