@@ -59,9 +59,9 @@ func (c *consumer) run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	var err error
 	if c.spec.Ordering == Unordered {
-		err = c.fetchUnordered(runCtx, cancel, r, k, &wg)
+		err = c.fetchUnordered(runCtx, r, k, &wg)
 	} else {
-		err = c.fetchOrdered(runCtx, cancel, r, k, &wg)
+		err = c.fetchOrdered(runCtx, r, k, &wg)
 	}
 	cancel(err)
 	wg.Wait()
@@ -80,7 +80,7 @@ func (c *consumer) run(ctx context.Context) error {
 
 // fetchOrdered routes each record to its partition's queue; one goroutine per partition delivers
 // them one at a time.
-func (c *consumer) fetchOrdered(ctx context.Context, fail context.CancelCauseFunc, r *kafka.Reader, k *committer, wg *sync.WaitGroup) error {
+func (c *consumer) fetchOrdered(ctx context.Context, r *kafka.Reader, k *committer, wg *sync.WaitGroup) error {
 	queues := map[int]chan kafka.Message{}
 	seen := offsetsSeen{}
 	for {
@@ -123,7 +123,7 @@ func (c *consumer) drainPartition(ctx context.Context, k *committer, q <-chan ka
 
 // fetchUnordered starts a delivery per record, at most unorderedInFlightCountMax at once, and commits each
 // partition's offsets in order as the deliveries finish.
-func (c *consumer) fetchUnordered(ctx context.Context, fail context.CancelCauseFunc, r *kafka.Reader, k *committer, wg *sync.WaitGroup) error {
+func (c *consumer) fetchUnordered(ctx context.Context, r *kafka.Reader, k *committer, wg *sync.WaitGroup) error {
 	slots := make(chan struct{}, unorderedInFlightCountMax)
 	seen := offsetsSeen{}
 	pending := map[int]*pendingOffsets{}
@@ -151,12 +151,8 @@ func (c *consumer) fetchUnordered(ctx context.Context, fail context.CancelCauseF
 			if c.process(ctx, m) == outcomeAbandoned {
 				return
 			}
-			err := p.finished(m.Offset, func(offset int64) error {
-				k.mark(kafka.Message{Topic: m.Topic, Partition: m.Partition, Offset: offset})
-				return nil
-			})
-			if err != nil {
-				fail(err)
+			if last := p.finished(m.Offset); last >= 0 {
+				k.mark(kafka.Message{Topic: m.Topic, Partition: m.Partition, Offset: last})
 			}
 		})
 	}
@@ -281,9 +277,9 @@ func (p *pendingOffsets) fetched(offset int64) {
 	p.order = append(p.order, offset)
 }
 
-// finished marks offset done and commits the end of the finished prefix, if it grew. The lock is held
-// while committing so that commits of one partition never go backwards.
-func (p *pendingOffsets) finished(offset int64, commit func(last int64) error) error {
+// finished marks offset done and returns the end of the finished prefix if it grew, else -1; the
+// committer keeps the highest it is given, so the prefix never goes backwards.
+func (p *pendingOffsets) finished(offset int64) int64 {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.done[offset] = true
@@ -293,8 +289,5 @@ func (p *pendingOffsets) finished(offset int64, commit func(last int64) error) e
 		delete(p.done, last)
 		p.order = p.order[1:]
 	}
-	if last < 0 {
-		return nil
-	}
-	return commit(last)
+	return last
 }
