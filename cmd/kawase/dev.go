@@ -253,7 +253,6 @@ func (e *devEnv) serve(ctx context.Context) error {
 	gs := grpc.NewServer()
 	d := componentDeps{cfg: e.cfg, log: e.log, reg: reg, health: health, dbURL: e.dbURL, brokers: e.brokers,
 		ratesGRPC: grpcLn.Addr().String(), ledgerGRPC: grpcLn.Addr().String()}
-	d.cfg = e.cfg
 	runs, built, err := e.startComponents(ctx, d, mux, gs)
 	if err != nil {
 		return err
