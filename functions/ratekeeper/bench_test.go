@@ -20,9 +20,32 @@ const benchPartitions = 10
 
 // BenchmarkProcessRates delivers b.N new rates over HTTP as the ordered KafkaSource does — one in
 // flight per partition, benchPartitions partitions at once, each partition its own pairs — into a
-// keeper on a real database, and reports rates/s and delivery latency (POST to 200 = committed).
+// keeper on a real database, and reports rates/s and delivery latency (POST to 200 = committed), with
+// the default gathering of batches and without it.
 func BenchmarkProcessRates(b *testing.B) {
-	env := startKeeper(b, ratekeeper.Config{})
+	b.Run("gather=default", func(b *testing.B) { benchmarkProcessRates(b, ratekeeper.Config{}) })
+	b.Run("gather=off", func(b *testing.B) { benchmarkProcessRates(b, ratekeeper.Config{GatherMax: -1}) })
+}
+
+func benchmarkProcessRates(b *testing.B, cfg ratekeeper.Config) {
+	runDeliveries(b, cfg, 0)
+}
+
+// pacedRatesPerS is the steady load: 50 pairs every 50 ms.
+const pacedRatesPerS = 1000
+
+// BenchmarkProcessRatesPaced delivers b.N rates at pacedRatesPerS, spread over the partitions, and
+// reports what the steady load costs: rates per transaction, the keeper's CPU per rate, and whether
+// it kept up (rates/s equal to the pace, p99 delivery latency low).
+func BenchmarkProcessRatesPaced(b *testing.B) {
+	b.Run("gather=default", func(b *testing.B) { runDeliveries(b, ratekeeper.Config{}, pacedRatesPerS) })
+	b.Run("gather=off", func(b *testing.B) { runDeliveries(b, ratekeeper.Config{GatherMax: -1}, pacedRatesPerS) })
+}
+
+// runDeliveries delivers b.N rates over benchPartitions partitions, one in flight each, as fast as
+// they are answered (perS 0) or each partition on a schedule that adds up to perS.
+func runDeliveries(b *testing.B, cfg ratekeeper.Config, perS int) {
+	env := startKeeper(b, cfg)
 	pairs := fx.Pairs()
 	base := time.Now().UTC().Add(-time.Hour)
 	perPartition := (b.N + benchPartitions - 1) / benchPartitions
@@ -42,7 +65,11 @@ func BenchmarkProcessRates(b *testing.B) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for _, e := range events[p] {
+			for i, e := range events[p] {
+				if perS > 0 {
+					due := start.Add(time.Duration(i) * time.Second * benchPartitions / time.Duration(perS))
+					time.Sleep(time.Until(due))
+				}
 				t0 := time.Now()
 				d, err := deliver(context.Background(), client, env.srv.URL, e)
 				if err != nil || d.status != http.StatusOK || d.outcome != string(ratekeeper.OutcomeAccepted) {

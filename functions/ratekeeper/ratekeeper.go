@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -40,6 +41,10 @@ const (
 	defaultTickRetention = 48 * time.Hour
 	queueLenMax          = 4096
 	txTimeoutMs          = 10_000
+	// batchGatherMs bounds how long a gathered batch waits for more deliveries after its first.
+	batchGatherMs = 4
+	// batchGatherIdleMs ends gathering early when no delivery arrived for that long.
+	batchGatherIdleMs = 1
 )
 
 // Trigger is the seam where accepted rates take effect beyond the tick history (limit and stop orders
@@ -76,6 +81,11 @@ type Config struct {
 	// TickRetention is how long ticks and S5 candles are kept, by provider time (default 48h); negative
 	// keeps them forever. M1, M5 and H1 candles are kept forever.
 	TickRetention time.Duration
+	// GatherMax is how long a batch may wait for more deliveries after its first (default
+	// batchGatherMs); negative disables gathering: a batch holds only what was already waiting.
+	GatherMax time.Duration
+	// GatherIdle ends gathering when no delivery arrived for that long (default batchGatherIdleMs).
+	GatherIdle time.Duration
 	// Now returns the current time; nil means time.Now (tests pin it).
 	Now func() time.Time
 }
@@ -89,6 +99,15 @@ func (c Config) withDefaults() Config {
 	}
 	if c.TickRetention == 0 {
 		c.TickRetention = defaultTickRetention
+	}
+	if c.GatherMax == 0 {
+		c.GatherMax = batchGatherMs * time.Millisecond
+	}
+	if c.GatherMax < 0 {
+		c.GatherMax = 0
+	}
+	if c.GatherIdle <= 0 {
+		c.GatherIdle = batchGatherIdleMs * time.Millisecond
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -106,6 +125,8 @@ type Keeper struct {
 	metrics *metrics
 	queue   chan *submission
 	stopped chan struct{}
+	// gathering lets one writer at a time gather a batch.
+	gathering sync.Mutex
 }
 
 // New returns a keeper on pool (already migrated with Migrate). trigger may be nil (NoTrigger).

@@ -50,28 +50,68 @@ func (k *Keeper) Process(ctx context.Context, rate *eventing.RateV1) (Outcome, e
 	}
 }
 
-// write takes whatever deliveries are waiting (up to BatchSizeMax) and commits them in one
-// transaction, so concurrent deliveries share one round of statements and one commit.
+// write gathers waiting deliveries (up to BatchSizeMax) and commits them in one transaction, so
+// concurrent deliveries share one round of statements and one commit. Only one writer gathers at a
+// time; the others commit meanwhile, so gathering overlaps committing.
 func (k *Keeper) write(ctx context.Context) error {
 	for {
-		var first *submission
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case first = <-k.queue:
-		}
-		batch := []*submission{first}
-	drain:
-		for len(batch) < k.cfg.BatchSizeMax {
-			select {
-			case s := <-k.queue:
-				batch = append(batch, s)
-			default:
-				break drain
-			}
+		batch, err := k.gather(ctx)
+		if err != nil {
+			return err
 		}
 		k.commit(ctx, batch)
 	}
+}
+
+// gather waits for a first delivery, then keeps taking deliveries while they keep coming: it stops
+// when none arrived for batchGatherIdleMs, when batchGatherMs passed since the first, or when the
+// batch is full. At 1,000 rates/s a delivery arrives about every millisecond, so batches grow from
+// one rate per commit to several without delaying a rate by more than batchGatherMs; a backlog (all
+// partitions redelivering at once after a commit) is gathered whole.
+func (k *Keeper) gather(ctx context.Context) ([]*submission, error) {
+	k.gathering.Lock()
+	defer k.gathering.Unlock()
+	var first *submission
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case first = <-k.queue:
+	}
+	batch := []*submission{first}
+	if k.cfg.GatherMax <= 0 {
+		return k.drainWaiting(batch), nil
+	}
+	deadline := time.NewTimer(k.cfg.GatherMax)
+	defer deadline.Stop()
+	idle := time.NewTimer(k.cfg.GatherIdle)
+	defer idle.Stop()
+	for len(batch) < k.cfg.BatchSizeMax {
+		select {
+		case s := <-k.queue:
+			batch = append(batch, s)
+			idle.Reset(k.cfg.GatherIdle)
+		case <-idle.C:
+			return batch, nil
+		case <-deadline.C:
+			return batch, nil
+		case <-ctx.Done():
+			return batch, nil
+		}
+	}
+	return batch, nil
+}
+
+// drainWaiting adds the deliveries already waiting to batch, without waiting for more.
+func (k *Keeper) drainWaiting(batch []*submission) []*submission {
+	for len(batch) < k.cfg.BatchSizeMax {
+		select {
+		case s := <-k.queue:
+			batch = append(batch, s)
+		default:
+			return batch
+		}
+	}
+	return batch
 }
 
 func (k *Keeper) commit(ctx context.Context, batch []*submission) {
