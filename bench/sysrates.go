@@ -43,7 +43,7 @@ func measureRatesGet(ctx context.Context, s *systemRun) ([]figure, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bare net/http: %w", err)
 	}
-	goal := fmt.Sprintf("goal %d req/s across pods; one machine, %d keep-alive clients, %d s, %d bytes, load generator on the same cores",
+	goal := fmt.Sprintf("goal %d req/s; one machine, %d keep-alive clients, %d s, %d bytes, wrk-like load generator (raw HTTP/1.1) on the same cores",
 		ratesGoalReqPerSec, ratesLoadClients, ratesLoadDurationS, len(body))
 	figs := getFigures("kawase GET /v1/rates", kawase, goal)
 	figs = append(figs, getFigures("bare net/http, same bytes", bare, "the ceiling of this machine for the same load")...)
@@ -53,7 +53,7 @@ func measureRatesGet(ctx context.Context, s *systemRun) ([]figure, error) {
 }
 
 func getLoad(ctx context.Context, url string) (loadtest.Result, error) {
-	res, err := loadtest.Run(ctx, loadtest.Options{URL: url, Concurrency: ratesLoadClients, Duration: ratesLoadDurationS * time.Second})
+	res, err := loadtest.Run(ctx, loadtest.Options{URL: url, Concurrency: ratesLoadClients, Duration: ratesLoadDurationS * time.Second, Wire: true})
 	if err != nil {
 		return res, err
 	}

@@ -12,26 +12,63 @@ import (
 )
 
 // TestRunCountsAndRevalidates drives a small load at a server that answers 304 to a matching
-// If-None-Match, and checks the counts and that revalidation happened.
+// If-None-Match, with net/http's client and with the wire client, and checks the counts, the bytes
+// read and that revalidation happened.
 func TestRunCountsAndRevalidates(t *testing.T) {
+	const body = `{"rates":[]}`
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Etag", `"v1"`)
 		if r.Header.Get("If-None-Match") == `"v1"` {
 			w.WriteHeader(http.StatusNotModified)
 			return
 		}
-		fmt.Fprint(w, `{"rates":[]}`)
+		fmt.Fprint(w, body)
 	}))
 	defer srv.Close()
-	res, err := loadtest.Run(context.Background(), loadtest.Options{URL: srv.URL, Concurrency: 4, Requests: 200, Revalidate: true})
+	for _, wire := range []bool{false, true} {
+		t.Run(fmt.Sprintf("wire=%v", wire), func(t *testing.T) {
+			res, err := loadtest.Run(context.Background(), loadtest.Options{URL: srv.URL, Concurrency: 4, Requests: 200, Revalidate: true, Wire: wire})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Requests != 200 || res.Errors != 0 || res.NotModified != 196 || res.Bytes != 4*int64(len(body)) ||
+				res.P99 < res.P50 || res.RequestsPerSec <= 0 {
+				t.Fatalf("got %v, %d bytes", res, res.Bytes)
+			}
+			if _, err := loadtest.Run(context.Background(), loadtest.Options{URL: srv.URL, Wire: wire}); err == nil {
+				t.Fatal("no concurrency accepted")
+			}
+		})
+	}
+}
+
+// TestWireClientRedialsAndRefusesWhatItCannotRead checks the wire client against a server that
+// closes every connection after one answer (each request then redials), and fails a run whose
+// answers are chunked, which it cannot read, rather than counting them as successes.
+func TestWireClientRedialsAndRefusesWhatItCannotRead(t *testing.T) {
+	closing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Connection", "close")
+		fmt.Fprint(w, "ok")
+	}))
+	defer closing.Close()
+	res, err := loadtest.Run(context.Background(), loadtest.Options{URL: closing.URL, Concurrency: 2, Requests: 20, Wire: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Requests != 200 || res.Errors != 0 || res.NotModified != 196 || res.P99 < res.P50 || res.RequestsPerSec <= 0 {
-		t.Fatalf("got %v", res)
+	if res.Requests != 20 || res.Errors != 0 || res.Bytes != 40 {
+		t.Fatalf("closing server: got %v, %d bytes", res, res.Bytes)
 	}
-	if _, err := loadtest.Run(context.Background(), loadtest.Options{URL: srv.URL}); err == nil {
-		t.Fatal("no concurrency accepted")
+	chunked := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "part one ")
+		w.(http.Flusher).Flush()
+		fmt.Fprint(w, "part two")
+	}))
+	defer chunked.Close()
+	if res, err := loadtest.Run(context.Background(), loadtest.Options{URL: chunked.URL, Concurrency: 1, Requests: 3, Wire: true}); err == nil {
+		t.Fatalf("chunked server: no error, got %v", res)
+	}
+	if _, err := loadtest.Run(context.Background(), loadtest.Options{URL: "https://example.invalid/", Concurrency: 1, Requests: 1, Wire: true}); err == nil {
+		t.Fatal("an https URL was accepted in wire mode")
 	}
 }
 
