@@ -14,10 +14,8 @@ import (
 	"github.com/quickfixgo/enum"
 	"github.com/quickfixgo/field"
 	"github.com/quickfixgo/fix44/businessmessagereject"
-	"github.com/quickfixgo/fix44/marketdataincrementalrefresh"
 	"github.com/quickfixgo/fix44/marketdatarequest"
 	"github.com/quickfixgo/fix44/marketdatarequestreject"
-	"github.com/quickfixgo/fix44/marketdatasnapshotfullrefresh"
 	"github.com/quickfixgo/quickfix"
 	"github.com/quickfixgo/tag"
 	"github.com/segmentio/kafka-go"
@@ -77,13 +75,15 @@ type sessionApp struct {
 
 	reqMu  sync.Mutex
 	reqIDs map[string]fx.Pair
+
+	// fields is the storage the session's messages are split into, reused message after message:
+	// quickfixgo calls FromAdmin and FromApp from the session's one goroutine.
+	fields []fixspec.Field
 }
 
 func newSessionApp(f *Feeder, t *term) *sessionApp {
 	a := &sessionApp{f: f, t: t, loggedOn: make(chan struct{}), ended: make(chan struct{}),
 		router: quickfix.NewMessageRouter(), reqIDs: map[string]fx.Pair{}}
-	a.router.AddRoute(marketdatasnapshotfullrefresh.Route(a.onSnapshot))
-	a.router.AddRoute(marketdataincrementalrefresh.Route(a.onIncremental))
 	a.router.AddRoute(marketdatarequestreject.Route(a.onRequestReject))
 	a.router.AddRoute(businessmessagereject.Route(a.onBusinessReject))
 	return a
@@ -159,8 +159,20 @@ func (a *sessionApp) ToAdmin(msg *quickfix.Message, id quickfix.SessionID) {
 // ToApp lets application messages go out unchanged.
 func (a *sessionApp) ToApp(*quickfix.Message, quickfix.SessionID) error { return nil }
 
-// FromAdmin counts session-level Rejects (35=3) the provider sends us.
+// check checks a message against the FIX 4.4 data dictionary where quickfixgo's validator would (the
+// session leaves quickfixgo without a dictionary, see sessionSettings); quickfixgo answers a problem
+// with a session-level Reject (35=3), as it would have.
+func (a *sessionApp) check(msg *quickfix.Message) (fixspec.Message, quickfix.MessageRejectError) {
+	m, rerr := a.f.dict.Check(msg.Bytes(), a.fields)
+	a.fields = m.Fields()
+	return m, rerr
+}
+
+// FromAdmin checks session messages and counts the session-level Rejects (35=3) the provider sends us.
 func (a *sessionApp) FromAdmin(msg *quickfix.Message, id quickfix.SessionID) quickfix.MessageRejectError {
+	if _, rerr := a.check(msg); rerr != nil {
+		return rerr
+	}
 	if msg.IsMsgTypeOf(string(enum.MsgType_REJECT)) {
 		text, _ := msg.Body.GetString(tag.Text)
 		reason, _ := msg.Body.GetString(tag.SessionRejectReason)
@@ -171,13 +183,25 @@ func (a *sessionApp) FromAdmin(msg *quickfix.Message, id quickfix.SessionID) qui
 	return nil
 }
 
-// FromApp routes market data; quickfixgo answers other types with a BusinessMessageReject. An
-// attempt that ended (an abandoned initiator) ignores everything.
+// FromApp checks a message and takes market data; quickfixgo answers types the router does not know
+// with a BusinessMessageReject. An attempt that ended (an abandoned initiator) ignores everything.
 func (a *sessionApp) FromApp(msg *quickfix.Message, id quickfix.SessionID) quickfix.MessageRejectError {
+	m, rerr := a.check(msg)
+	if rerr != nil {
+		return rerr
+	}
 	select {
 	case <-a.ended:
 		return nil
 	default:
+	}
+	switch m.MsgType {
+	case string(enum.MsgType_MARKET_DATA_SNAPSHOT_FULL_REFRESH):
+		a.onSnapshot(msg, m.Body)
+		return nil
+	case string(enum.MsgType_MARKET_DATA_INCREMENTAL_REFRESH):
+		a.onIncremental(msg, m.Body)
+		return nil
 	}
 	return a.router.Route(msg, id)
 }
@@ -284,30 +308,29 @@ func (a *sessionApp) onBusinessReject(msg businessmessagereject.BusinessMessageR
 }
 
 // onSnapshot turns a MarketDataSnapshotFullRefresh (35=W) into a rate.
-func (a *sessionApp) onSnapshot(msg marketdatasnapshotfullrefresh.MarketDataSnapshotFullRefresh, id quickfix.SessionID) quickfix.MessageRejectError {
-	symbol, book, err := snapshotBook(msg)
+func (a *sessionApp) onSnapshot(msg *quickfix.Message, body fixspec.Fields) {
+	symbol, book, err := snapshotBook(body)
 	if err != nil {
 		a.invalidQuote(symbol, err)
-		return nil
+		return
 	}
 	ps, pair, err := a.pairOf(symbol)
 	if err != nil {
 		a.invalidQuote(symbol, err)
-		return nil
+		return
 	}
 	ps.received.Inc()
 	ps.book = book
-	a.emit(msg.Message, pair, ps)
-	return nil
+	a.emit(msg, pair, ps)
 }
 
 // onIncremental applies a MarketDataIncrementalRefresh (35=X) to the books and emits a rate for
 // every pair it touched whose book is complete.
-func (a *sessionApp) onIncremental(msg marketdataincrementalrefresh.MarketDataIncrementalRefresh, id quickfix.SessionID) quickfix.MessageRejectError {
-	updates, err := incrementalUpdates(msg)
+func (a *sessionApp) onIncremental(msg *quickfix.Message, body fixspec.Fields) {
+	updates, err := incrementalUpdates(body)
 	if err != nil {
 		a.invalidQuote("", err)
-		return nil
+		return
 	}
 	touched := make([]fx.Pair, 0, 1)
 	for _, u := range updates {
@@ -327,9 +350,8 @@ func (a *sessionApp) onIncremental(msg marketdataincrementalrefresh.MarketDataIn
 	for _, pair := range touched {
 		ps := a.t.pairs[pair]
 		ps.received.Inc()
-		a.emit(msg.Message, pair, ps)
+		a.emit(msg, pair, ps)
 	}
-	return nil
 }
 
 func (a *sessionApp) pairOf(symbol string) (*pairState, fx.Pair, error) {

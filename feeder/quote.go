@@ -6,13 +6,11 @@ import (
 	"time"
 
 	"github.com/quickfixgo/enum"
-	"github.com/quickfixgo/fix44/marketdataincrementalrefresh"
-	"github.com/quickfixgo/fix44/marketdatasnapshotfullrefresh"
-	"github.com/quickfixgo/quickfix"
 	"github.com/shopspring/decimal"
 
 	"github.com/kawase-fx/kawase/eventing"
 	"github.com/kawase-fx/kawase/eventing/fx"
+	"github.com/kawase-fx/kawase/feeder/fixspec"
 )
 
 // mdEntryTimestampLayout parses MDEntryDate(272) "20060102" and MDEntryTime(273) "15:04:05[.fff…]".
@@ -34,40 +32,51 @@ type topOfBook struct {
 	bid, offer quoteSide
 }
 
-// mdEntry is what the NoMDEntries groups of 35=W and 35=X both offer to read a side.
-type mdEntry interface {
-	GetMDEntryType() (enum.MDEntryType, quickfix.MessageRejectError)
-	GetMDEntryPx() (decimal.Decimal, quickfix.MessageRejectError)
-	GetMDEntrySize() (decimal.Decimal, quickfix.MessageRejectError)
-	GetMDEntryDate() (string, quickfix.MessageRejectError)
-	GetMDEntryTime() (string, quickfix.MessageRejectError)
-	GetQuoteEntryID() (string, quickfix.MessageRejectError)
-}
+// FIX tags of market data the feeder reads.
+const (
+	tagSymbol         = 55
+	tagNoMDEntries    = 268
+	tagMDEntryType    = 269
+	tagMDEntryPx      = 270
+	tagMDEntrySize    = 271
+	tagMDEntryDate    = 272
+	tagMDEntryTime    = 273
+	tagMDUpdateAction = 279
+	tagQuoteEntryID   = 299
+)
 
-func readSide(e mdEntry) (enum.MDEntryType, quoteSide, error) {
-	typ, rerr := e.GetMDEntryType()
-	if rerr != nil {
-		return "", quoteSide{}, fmt.Errorf("MDEntryType(269): %w", rerr)
+// readSide reads one NoMDEntries(268) entry of a 35=W or 35=X as a side of a book.
+func readSide(e fixspec.Fields) (enum.MDEntryType, quoteSide, error) {
+	typ, ok := e.Get(tagMDEntryType)
+	if !ok {
+		return "", quoteSide{}, errors.New("quote lacks MDEntryType(269)")
 	}
 	s := quoteSide{set: true}
-	if s.px, rerr = e.GetMDEntryPx(); rerr != nil {
-		return typ, s, fmt.Errorf("MDEntryPx(270): %w", rerr)
+	px, ok := e.Get(tagMDEntryPx)
+	if !ok {
+		return enum.MDEntryType(typ), s, errors.New("quote lacks MDEntryPx(270)")
 	}
-	s.size, _ = e.GetMDEntrySize()
-	date, derr := e.GetMDEntryDate()
-	clock, terr := e.GetMDEntryTime()
-	if derr != nil || terr != nil {
-		return typ, s, errors.New("quote lacks MDEntryDate(272) or MDEntryTime(273)")
+	var err error
+	if s.px, err = decimal.NewFromString(string(px)); err != nil {
+		return enum.MDEntryType(typ), s, fmt.Errorf("MDEntryPx(270) %q: %w", px, err)
 	}
-	at, err := time.Parse(mdEntryTimestampLayout, date+" "+clock)
-	if err != nil {
-		return typ, s, fmt.Errorf("MDEntryDate(272)/MDEntryTime(273) %q %q: %w", date, clock, err)
+	if size, ok := e.Get(tagMDEntrySize); ok {
+		s.size, _ = decimal.NewFromString(string(size)) // optional: a size that does not read is none
 	}
-	s.at = at
-	if s.quoteID, rerr = e.GetQuoteEntryID(); rerr != nil {
-		return typ, s, fmt.Errorf("QuoteEntryID(299): %w", rerr)
+	date, dok := e.Get(tagMDEntryDate)
+	clock, tok := e.Get(tagMDEntryTime)
+	if !dok || !tok {
+		return enum.MDEntryType(typ), s, errors.New("quote lacks MDEntryDate(272) or MDEntryTime(273)")
 	}
-	return typ, s, nil
+	if s.at, err = time.Parse(mdEntryTimestampLayout, string(date)+" "+string(clock)); err != nil {
+		return enum.MDEntryType(typ), s, fmt.Errorf("MDEntryDate(272)/MDEntryTime(273) %q %q: %w", date, clock, err)
+	}
+	id, ok := e.Get(tagQuoteEntryID)
+	if !ok {
+		return enum.MDEntryType(typ), s, errors.New("quote lacks QuoteEntryID(299)")
+	}
+	s.quoteID = string(id)
+	return enum.MDEntryType(typ), s, nil
 }
 
 // apply sets or clears one side.
@@ -82,24 +91,20 @@ func (b *topOfBook) apply(typ enum.MDEntryType, s quoteSide) {
 
 // snapshotBook reads a MarketDataSnapshotFullRefresh (35=W): Symbol(55) and the bid and offer
 // entries of NoMDEntries(268).
-func snapshotBook(msg marketdatasnapshotfullrefresh.MarketDataSnapshotFullRefresh) (string, topOfBook, error) {
-	symbol, rerr := msg.GetSymbol()
-	if rerr != nil {
-		return "", topOfBook{}, fmt.Errorf("Symbol(55): %w", rerr)
-	}
-	entries, rerr := msg.GetNoMDEntries()
-	if rerr != nil {
-		return symbol, topOfBook{}, fmt.Errorf("NoMDEntries(268): %w", rerr)
+func snapshotBook(body fixspec.Fields) (string, topOfBook, error) {
+	symbol, ok := body.Get(tagSymbol)
+	if !ok {
+		return "", topOfBook{}, errors.New("quote lacks Symbol(55)")
 	}
 	var b topOfBook
-	for i := range entries.Len() {
-		typ, s, err := readSide(entries.Get(i))
+	for e := range body.Entries(tagNoMDEntries) {
+		typ, s, err := readSide(e)
 		if err != nil {
-			return symbol, b, err
+			return string(symbol), b, err
 		}
 		b.apply(typ, s)
 	}
-	return symbol, b, nil
+	return string(symbol), b, nil
 }
 
 // bookUpdate is one entry of a MarketDataIncrementalRefresh.
@@ -112,24 +117,21 @@ type bookUpdate struct {
 
 // incrementalUpdates reads a MarketDataIncrementalRefresh (35=X): each entry names its Symbol(55),
 // MDUpdateAction(279) and side.
-func incrementalUpdates(msg marketdataincrementalrefresh.MarketDataIncrementalRefresh) ([]bookUpdate, error) {
-	entries, rerr := msg.GetNoMDEntries()
-	if rerr != nil {
-		return nil, fmt.Errorf("NoMDEntries(268): %w", rerr)
-	}
-	out := make([]bookUpdate, 0, entries.Len())
-	for i := range entries.Len() {
-		e := entries.Get(i)
-		u := bookUpdate{}
-		var rerr quickfix.MessageRejectError
-		if u.symbol, rerr = e.GetSymbol(); rerr != nil {
-			return nil, fmt.Errorf("Symbol(55): %w", rerr)
+func incrementalUpdates(body fixspec.Fields) ([]bookUpdate, error) {
+	var out []bookUpdate
+	for e := range body.Entries(tagNoMDEntries) {
+		symbol, ok := e.Get(tagSymbol)
+		if !ok {
+			return nil, errors.New("update lacks Symbol(55)")
 		}
-		if u.action, rerr = e.GetMDUpdateAction(); rerr != nil {
-			return nil, fmt.Errorf("MDUpdateAction(279): %w", rerr)
+		action, ok := e.Get(tagMDUpdateAction)
+		if !ok {
+			return nil, errors.New("update lacks MDUpdateAction(279)")
 		}
+		u := bookUpdate{symbol: string(symbol), action: enum.MDUpdateAction(action)}
 		if u.action == enum.MDUpdateAction_DELETE {
-			u.typ, _ = e.GetMDEntryType()
+			typ, _ := e.Get(tagMDEntryType)
+			u.typ = enum.MDEntryType(typ)
 			out = append(out, u)
 			continue
 		}
