@@ -123,6 +123,10 @@ func (env *ratesEnv) start(t *testing.T) {
 	observe.Mount(mux, env.reg, health)
 	mux.Handle("/", svc.Handler())
 	env.srv = httptest.NewUnstartedServer(mux)
+	// As observe.Serve does: HTTP/1.1, and HTTP/2 without TLS (h2c).
+	env.srv.Config.Protocols = new(http.Protocols)
+	env.srv.Config.Protocols.SetHTTP1(true)
+	env.srv.Config.Protocols.SetUnencryptedHTTP2(true)
 	if env.sendBuffer > 0 {
 		env.srv.Listener = smallBufferListener{Listener: env.srv.Listener, bytes: env.sendBuffer}
 	}

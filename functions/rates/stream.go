@@ -251,20 +251,24 @@ func (s *Service) stream(w http.ResponseWriter, r *http.Request) {
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-	sse := &sseWriter{w: w, rc: http.NewResponseController(w)}
-	defer abortWritesOnDrop(sub, sse.rc)()
+	ctx, out, err := openStream(r.Context(), w, r)
+	if err != nil {
+		return // the connection failed while the response head was written
+	}
+	defer out.close()
+	sse := &sseWriter{out: out}
+	defer abortWritesOnDrop(sub, out)()
 	sent := make([]uint64, len(s.book.specs))
 	if err := sse.snapshot(s.book.load(), sub, sent); err != nil {
 		return
 	}
-	s.pump(r.Context(), sse, sub, sent)
+	s.pump(ctx, sse, sub, sent)
 }
 
 // abortWritesOnDrop makes a write blocked on a dropped (or shut down) stream fail at once instead of
 // at its deadline, so the connection is released immediately. The returned func must run before the
 // handler returns: the connection may serve another request afterwards.
-func abortWritesOnDrop(sub *subscriber, rc *http.ResponseController) (stop func()) {
+func abortWritesOnDrop(sub *subscriber, out streamOut) (stop func()) {
 	var (
 		mu       sync.Mutex
 		finished bool
@@ -275,7 +279,7 @@ func abortWritesOnDrop(sub *subscriber, rc *http.ResponseController) (stop func(
 		case <-sub.gone:
 			mu.Lock()
 			if !finished {
-				_ = rc.SetWriteDeadline(time.Now())
+				out.abort()
 			}
 			mu.Unlock()
 		case <-done:
@@ -318,22 +322,15 @@ func (s *Service) pump(ctx context.Context, sse *sseWriter, sub *subscriber, sen
 	}
 }
 
-// sseWriter writes Server-Sent Events with a write deadline per write.
+// sseWriter writes Server-Sent Events, each write in one piece.
 type sseWriter struct {
-	w   http.ResponseWriter
-	rc  *http.ResponseController
+	out streamOut
 	buf []byte
 }
 
-func (w *sseWriter) flush() error { return w.write(w.buf) }
+func (w *sseWriter) flush() error { return w.out.write(w.buf) }
 
-func (w *sseWriter) write(b []byte) error {
-	_ = w.rc.SetWriteDeadline(time.Now().Add(streamWriteTimeoutMs * time.Millisecond))
-	if _, err := w.w.Write(b); err != nil {
-		return err
-	}
-	return w.rc.Flush()
-}
+func (w *sseWriter) write(b []byte) error { return w.out.write(b) }
 
 func (w *sseWriter) snapshot(snap *snapshot, sub *subscriber, sent []uint64) error {
 	var entries []*entry

@@ -22,11 +22,23 @@ import (
 
 // streamEvents collects a stream's events on a channel.
 func streamEvents(t *testing.T, ctx context.Context, url string) <-chan client.Event {
+	return streamEventsWith(t, ctx, http.DefaultClient, url)
+}
+
+// h2cClient speaks only HTTP/2 without TLS, as a gRPC-style internal client in the cluster would.
+func h2cClient() *http.Client {
+	p := new(http.Protocols)
+	p.SetUnencryptedHTTP2(true)
+	return &http.Client{Transport: &http.Transport{Protocols: p}}
+}
+
+// streamEventsWith collects a stream's events, read with hc, on a channel.
+func streamEventsWith(t *testing.T, ctx context.Context, hc *http.Client, url string) <-chan client.Event {
 	t.Helper()
 	ch := make(chan client.Event, 1024)
 	go func() {
 		defer close(ch)
-		_ = client.Stream(ctx, http.DefaultClient, url, func(e client.Event) error {
+		_ = client.Stream(ctx, hc, url, func(e client.Event) error {
 			select {
 			case ch <- e:
 				return nil
@@ -57,8 +69,22 @@ func next(t *testing.T, ch <-chan client.Event, name string) client.Event {
 }
 
 // TestSSEStream: a snapshot of the requested pairs first, then updates of only those pairs,
-// conflated to at most one per pair per interval and ending at the newest rate, and heartbeats.
+// conflated to at most one per pair per interval and ending at the newest rate, and heartbeats; over
+// HTTP/1.1, where the server writes the stream on the connection itself, and over HTTP/2 (h2c),
+// where it streams through net/http.
 func TestSSEStream(t *testing.T) {
+	t.Run("http1", func(t *testing.T) {
+		testSSEStream(t, http.DefaultClient, func(resp *http.Response) bool {
+			// Written on the connection: no chunking, the body ends when the connection closes.
+			return resp.ProtoMajor == 1 && resp.Close && len(resp.TransferEncoding) == 0 && resp.ContentLength == -1
+		})
+	})
+	t.Run("h2c", func(t *testing.T) {
+		testSSEStream(t, h2cClient(), func(resp *http.Response) bool { return resp.ProtoMajor == 2 })
+	})
+}
+
+func testSSEStream(t *testing.T, hc *http.Client, framing func(*http.Response) bool) {
 	const interval = 200 * time.Millisecond
 	env := startRates(t, rates.Config{Pairs: apiPairs, ConflateInterval: interval, HeartbeatInterval: 300 * time.Millisecond}, nil)
 	for _, p := range apiPairs {
@@ -67,7 +93,20 @@ func TestSSEStream(t *testing.T) {
 	eventually(t, "ready", func() bool { return env.svc.Ready(t.Context()) == nil })
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	events := streamEvents(t, ctx, client.StreamURL(env.srv.URL, []fx.Pair{"USD_JPY", "EUR_USD"}))
+	url := client.StreamURL(env.srv.URL, []fx.Pair{"USD_JPY", "EUR_USD"})
+	resp, err := hc.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	mustf(t, resp.StatusCode == http.StatusOK && resp.Header.Get("Content-Type") == "text/event-stream" && framing(resp),
+		"stream answered %s %s, %q, transfer encoding %v, close %v", resp.Proto, resp.Status, resp.Header.Get("Content-Type"),
+		resp.TransferEncoding, resp.Close)
+	// A client that goes away is released.
+	eventually(t, "the closed stream released", func() bool {
+		return metricValue(t, env.reg, "kawase_rates_stream_clients", "") == 0
+	})
+	events := streamEventsWith(t, ctx, hc, url)
 
 	snap := next(t, events, "snapshot")
 	var s struct{ Rates []rateBody }
