@@ -29,10 +29,11 @@ type systemStep struct {
 	run  func(ctx context.Context, s *systemRun) ([]figure, error)
 }
 
-// systemSteps run in this order against one `kawase dev`: the rates loads (framed by freshness
-// scrapes), then the trading load, the relay's drain of its executions, and pgbench last so it does
+// systemSteps run in this order against one `kawase dev`: freshness with no other load, the rates
+// loads (framed by freshness scrapes), then the trading load, the relay's drain of its executions, and pgbench last so it does
 // not compete with the drain.
 var systemSteps = []systemStep{
+	{name: "freshness idle", run: measureFreshnessIdle},
 	{name: "freshness before", run: scrapeFreshnessBefore},
 	{name: "rates GET", run: measureRatesGet},
 	{name: "rates SSE", run: measureStream},
