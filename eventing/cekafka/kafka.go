@@ -11,12 +11,20 @@ import (
 
 // Latency tuning of every writer: kafka-go's default BatchTimeout of one second would add up to a
 // second to every synchronous write, so writers flush after at most writerBatchTimeoutMs.
+//
+// A reader's MaxWait is how long the broker holds a fetch that finds nothing new; a fetch returns as
+// soon as one record arrives (MinBytes 1), so MaxWait does not delay records. kafka-go gives the
+// broker three quarters of MaxWait and the connection all of it, then treats a late answer as a broken
+// connection: it redials after a backoff of at least 100 ms. A short MaxWait therefore adds that delay
+// (and a dial) whenever the machine is busy enough to answer a quarter of MaxWait late; at 500 ms,
+// Kafka's own default, that takes a 125 ms stall. The cost is that closing a reader waits for its
+// outstanding fetch, up to three quarters of MaxWait.
 const (
 	writerBatchTimeoutMs   = 2
 	writerBatchSizeMax     = 1000
 	writerWriteTimeoutMs   = 10_000
 	writerMaxAttemptsCount = 10
-	readerMaxWaitMs        = 100
+	readerMaxWaitMs        = 500
 	readerMaxBytes         = 10 << 20
 )
 

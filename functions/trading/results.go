@@ -17,11 +17,12 @@ import (
 	"github.com/kawase-fx/kawase/eventing/cekafka"
 )
 
-// Limits of the result tail.
+// Limits of the result tail. A result arrives as soon as it is written whatever the reader's MaxWait
+// (see eventing/cekafka), so the wait is long enough never to time out on a busy machine.
 const (
 	tailDialTimeoutMs   = 5_000
 	tailRetryMs         = 1_000
-	tailReaderMaxWaitMs = 50
+	tailReaderMaxWaitMs = 500
 	tailReaderBytesMax  = 10 << 20
 )
 
