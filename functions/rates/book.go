@@ -77,6 +77,8 @@ type snapshot struct {
 	all                      []byte
 	etag                     string
 	etagHeader, lengthHeader []string
+	// gz is all gzipped, made by the first request that accepts it.
+	gz lazyGzip
 }
 
 // etagOf is a strong validator of the entries' content (not of this replica's history), so replicas

@@ -27,6 +27,9 @@ const (
 var (
 	cacheControl    = []string{"public, max-age=0, must-revalidate"}
 	contentTypeJSON = []string{"application/json"}
+	// The whole board's body depends on Accept-Encoding.
+	varyAcceptEncoding  = []string{"Accept-Encoding"}
+	contentEncodingGzip = []string{"gzip"}
 )
 
 var errUnknownPair = errors.New("pair not served")
@@ -63,7 +66,7 @@ func unrouted(mux *http.ServeMux, w http.ResponseWriter, r *http.Request) {
 func (s *Service) getRates(w http.ResponseWriter, r *http.Request) {
 	snap := s.book.load()
 	if r.URL.RawQuery == "" {
-		s.writeReady(w, r, snap.etag, snap.etagHeader, snap.lengthHeader, snap.all)
+		s.writeBoard(w, r, snap)
 		return
 	}
 	indexes, ok := s.parseQueryPairs(w, r)
@@ -71,7 +74,7 @@ func (s *Service) getRates(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if indexes == nil {
-		s.writeReady(w, r, snap.etag, snap.etagHeader, snap.lengthHeader, snap.all)
+		s.writeBoard(w, r, snap)
 		return
 	}
 	entries := make([]*entry, 0, len(indexes))
@@ -99,6 +102,19 @@ func (s *Service) getRate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.writeReady(w, r, e.etagHeader[0], e.etagHeader, e.lengthHeader, e.json)
+}
+
+// writeBoard answers with every pair's rates, gzipped when the client accepts it.
+func (s *Service) writeBoard(w http.ResponseWriter, r *http.Request, snap *snapshot) {
+	h := w.Header()
+	h["Vary"] = varyAcceptEncoding
+	if !acceptsGzip(r.Header["Accept-Encoding"]) {
+		s.writeReady(w, r, snap.etag, snap.etagHeader, snap.lengthHeader, snap.all)
+		return
+	}
+	gz := snap.gz.get(snap.all, snap.etag)
+	h["Content-Encoding"] = contentEncodingGzip
+	s.writeReady(w, r, gz.etag, gz.etagHeader, gz.lengthHeader, gz.body)
 }
 
 // writeReady answers with a body serialized before the request: 304 when If-None-Match holds etag.

@@ -251,6 +251,9 @@ func (s *Service) stream(w http.ResponseWriter, r *http.Request) {
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Accel-Buffering", "no")
+	if r.Method == http.MethodHead {
+		return
+	}
 	ctx, out, err := openStream(r.Context(), w, r)
 	if err != nil {
 		return // the connection failed while the response head was written

@@ -102,7 +102,13 @@ func testSSEStream(t *testing.T, hc *http.Client, framing func(*http.Response) b
 	mustf(t, resp.StatusCode == http.StatusOK && resp.Header.Get("Content-Type") == "text/event-stream" && framing(resp),
 		"stream answered %s %s, %q, transfer encoding %v, close %v", resp.Proto, resp.Status, resp.Header.Get("Content-Type"),
 		resp.TransferEncoding, resp.Close)
-	// A client that goes away is released.
+	head, err := http.Head(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	head.Body.Close()
+	mustf(t, head.StatusCode == http.StatusOK && head.Header.Get("Content-Type") == "text/event-stream", "HEAD: %s", head.Status)
+	// A client that goes away is released, and HEAD holds no stream.
 	eventually(t, "the closed stream released", func() bool {
 		return metricValue(t, env.reg, "kawase_rates_stream_clients", "") == 0
 	})
