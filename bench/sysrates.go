@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -28,41 +29,81 @@ const (
 )
 
 // measureRatesGet drives GET /v1/rates of the dev's HTTP listener, then a bare net/http server on
-// loopback answering the same bytes, with the same keep-alive clients, and reports both and their ratio.
+// loopback answering the same bytes, with the same keep-alive clients, and reports both and their
+// ratio: first asking for gzip as browsers do, then for the uncompressed body.
 func measureRatesGet(ctx context.Context, s *systemRun) ([]figure, error) {
-	url := s.dev.state.HTTP + "/v1/rates"
-	body, err := httpGet(ctx, url)
-	if err != nil {
-		return nil, err
+	var figs []figure
+	for _, enc := range []struct{ acceptEncoding, label string }{{"gzip", "gzip"}, {"", "identity"}} {
+		f, err := measureRatesGetEncoding(ctx, s, enc.acceptEncoding, enc.label)
+		if err != nil {
+			return figs, err
+		}
+		figs = append(figs, f...)
 	}
-	kawase, err := getLoad(ctx, url)
-	if err != nil {
-		return nil, fmt.Errorf("kawase: %w", err)
-	}
-	bare, err := bareLoad(ctx, body)
-	if err != nil {
-		return nil, fmt.Errorf("bare net/http: %w", err)
-	}
-	goal := fmt.Sprintf("goal %d req/s; one machine, %d keep-alive clients, %d s, %d bytes, wrk-like load generator (raw HTTP/1.1) on the same cores",
-		ratesGoalReqPerSec, ratesLoadClients, ratesLoadDurationS, len(body))
-	figs := getFigures("kawase GET /v1/rates", kawase, goal)
-	figs = append(figs, getFigures("bare net/http, same bytes", bare, "the ceiling of this machine for the same load")...)
-	figs = append(figs, figure{Name: "kawase GET /v1/rates ÷ bare net/http", Value: strconv.FormatFloat(kawase.RequestsPerSec/bare.RequestsPerSec, 'f', 2, 64),
-		Unit: "ratio", Note: "1.00 = no overhead over serving fixed bytes; the rest is kawase's handler"})
 	return figs, nil
 }
 
-func getLoad(ctx context.Context, url string) (loadtest.Result, error) {
-	res, err := loadtest.Run(ctx, loadtest.Options{URL: url, Concurrency: ratesLoadClients, Duration: ratesLoadDurationS * time.Second, Wire: true})
+func measureRatesGetEncoding(ctx context.Context, s *systemRun, acceptEncoding, label string) ([]figure, error) {
+	url := s.dev.state.HTTP + "/v1/rates"
+	body, contentEncoding, err := boardBytes(ctx, url, acceptEncoding)
+	if err != nil {
+		return nil, err
+	}
+	kawase, err := getLoad(ctx, url, acceptEncoding)
+	if err != nil {
+		return nil, fmt.Errorf("kawase: %w", err)
+	}
+	bare, err := bareLoad(ctx, body, contentEncoding, acceptEncoding)
+	if err != nil {
+		return nil, fmt.Errorf("bare net/http: %w", err)
+	}
+	goal := fmt.Sprintf("goal %d req/s, p99 < 10 ms; one machine, %d keep-alive clients, %d s, %d-byte answers, wrk-like load generator (raw HTTP/1.1) on the same cores",
+		ratesGoalReqPerSec, ratesLoadClients, ratesLoadDurationS, len(body))
+	what := "kawase GET /v1/rates, " + label
+	figs := getFigures(what, kawase, goal)
+	figs = append(figs, getFigures("bare net/http, same "+label+" bytes", bare, "the ceiling of this machine for the same load")...)
+	figs = append(figs, figure{Name: what + " ÷ bare net/http", Value: strconv.FormatFloat(kawase.RequestsPerSec/bare.RequestsPerSec, 'f', 2, 64),
+		Unit: "ratio", Note: "goal ≥ 0.8; 1.00 = no overhead over serving fixed bytes"})
+	return figs, nil
+}
+
+// boardBytes fetches the board as the load will, without decompressing it, and returns it with its
+// Content-Encoding.
+func boardBytes(ctx context.Context, url, acceptEncoding string) ([]byte, string, error) {
+	ctx, cancel := context.WithTimeout(ctx, devHTTPTimeoutS*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, "", err
+	}
+	if acceptEncoding != "" {
+		req.Header.Set("Accept-Encoding", acceptEncoding)
+	}
+	hc := &http.Client{Transport: &http.Transport{DisableCompression: true}}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return nil, "", fmt.Errorf("GET %s: %s %w", url, resp.Status, err)
+	}
+	return body, resp.Header.Get("Content-Encoding"), nil
+}
+
+func getLoad(ctx context.Context, url, acceptEncoding string) (loadtest.Result, error) {
+	res, err := loadtest.Run(ctx, loadtest.Options{URL: url, Concurrency: ratesLoadClients, Duration: ratesLoadDurationS * time.Second,
+		Wire: true, AcceptEncoding: acceptEncoding})
 	if err != nil {
 		return res, err
 	}
-	fmt.Printf("      %s: %v\n", url, res)
+	fmt.Printf("      %s (Accept-Encoding %q): %v\n", url, acceptEncoding, res)
 	return res, nil
 }
 
 // bareLoad serves body from a plain net/http server on loopback and measures it like kawase.
-func bareLoad(ctx context.Context, body []byte) (loadtest.Result, error) {
+func bareLoad(ctx context.Context, body []byte, contentEncoding, acceptEncoding string) (loadtest.Result, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return loadtest.Result{}, err
@@ -70,12 +111,15 @@ func bareLoad(ctx context.Context, body []byte) (loadtest.Result, error) {
 	length := strconv.Itoa(len(body))
 	srv := &http.Server{ReadHeaderTimeout: devHTTPTimeoutS * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
+		if contentEncoding != "" {
+			w.Header().Set("Content-Encoding", contentEncoding)
+		}
 		w.Header().Set("Content-Length", length)
 		_, _ = w.Write(body)
 	})}
 	go func() { _ = srv.Serve(ln) }()
 	defer srv.Close()
-	return getLoad(ctx, "http://"+ln.Addr().String()+"/v1/rates")
+	return getLoad(ctx, "http://"+ln.Addr().String()+"/v1/rates", acceptEncoding)
 }
 
 func getFigures(what string, r loadtest.Result, note string) []figure {

@@ -52,6 +52,9 @@ type Options struct {
 	// the generator then takes far less of the CPU it shares with the server under test. Client is
 	// ignored. The server must answer with Content-Length (not chunked).
 	Wire bool
+	// AcceptEncoding, when set, is sent as the Accept-Encoding header (e.g. "gzip", as browsers
+	// ask); the answer is counted as it arrives, not decompressed. Wire mode only.
+	AcceptEncoding string
 }
 
 // getter makes one request and returns its latency, status and body bytes.
@@ -94,8 +97,11 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	if hc == nil {
 		hc = NewClient(o.Concurrency)
 	}
+	if o.AcceptEncoding != "" && !o.Wire {
+		return Result{}, fmt.Errorf("loadtest: AcceptEncoding needs Wire")
+	}
 	if o.Wire {
-		if _, err := newWireWorker(o.URL, o.Revalidate); err != nil {
+		if _, err := newWireWorker(o.URL, o.Revalidate, o.AcceptEncoding); err != nil {
 			return Result{}, err
 		}
 	}
@@ -120,7 +126,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 			defer wg.Done()
 			var w getter = &worker{hc: hc, url: o.URL, revalidate: o.Revalidate}
 			if o.Wire {
-				ww, _ := newWireWorker(o.URL, o.Revalidate) // the URL was checked above
+				ww, _ := newWireWorker(o.URL, o.Revalidate, o.AcceptEncoding) // the URL was checked above
 				defer ww.close()
 				w = ww
 			}

@@ -100,3 +100,24 @@ func TestStreamMeasuresBatches(t *testing.T) {
 		t.Fatalf("got %v", res)
 	}
 }
+
+// TestWireSendsAcceptEncoding checks the wire client sends the Accept-Encoding it was given and
+// counts the bytes as they arrive; net/http's client is refused the option.
+func TestWireSendsAcceptEncoding(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Accept-Encoding") == "gzip" {
+			w.Header().Set("Content-Encoding", "gzip")
+			fmt.Fprint(w, "zz")
+			return
+		}
+		fmt.Fprint(w, "plain body")
+	}))
+	defer srv.Close()
+	res, err := loadtest.Run(context.Background(), loadtest.Options{URL: srv.URL, Concurrency: 2, Requests: 10, Wire: true, AcceptEncoding: "gzip"})
+	if err != nil || res.Errors != 0 || res.Bytes != 20 {
+		t.Fatalf("gzip: %v, %d bytes, %v", res, res.Bytes, err)
+	}
+	if _, err := loadtest.Run(context.Background(), loadtest.Options{URL: srv.URL, Concurrency: 1, Requests: 1, AcceptEncoding: "gzip"}); err == nil {
+		t.Fatal("AcceptEncoding accepted without Wire")
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -36,13 +37,19 @@ type wireWorker struct {
 	closeAfter bool
 }
 
-func newWireWorker(rawURL string, revalidate bool) (*wireWorker, error) {
+func newWireWorker(rawURL string, revalidate bool, acceptEncoding string) (*wireWorker, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil || u.Scheme != "http" || u.Host == "" {
 		return nil, fmt.Errorf("loadtest: wire mode needs an http:// URL, got %q", rawURL)
 	}
 	target := u.RequestURI()
+	if strings.ContainsAny(acceptEncoding, "\r\n") {
+		return nil, fmt.Errorf("loadtest: Accept-Encoding %q holds a line break", acceptEncoding)
+	}
 	req := "GET " + target + " HTTP/1.1\r\nHost: " + u.Host + "\r\nUser-Agent: kawase-loadtest\r\nAccept: */*\r\n"
+	if acceptEncoding != "" {
+		req += "Accept-Encoding: " + acceptEncoding + "\r\n"
+	}
 	return &wireWorker{addr: u.Host, request: []byte(req), revalidate: revalidate}, nil
 }
 
