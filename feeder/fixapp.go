@@ -18,11 +18,8 @@ import (
 	"github.com/quickfixgo/fix44/marketdatarequestreject"
 	"github.com/quickfixgo/quickfix"
 	"github.com/quickfixgo/tag"
-	"github.com/segmentio/kafka-go"
 	"go.uber.org/zap"
 
-	"github.com/kawase-fx/kawase/eventing"
-	"github.com/kawase-fx/kawase/eventing/cekafka"
 	"github.com/kawase-fx/kawase/eventing/fx"
 	"github.com/kawase-fx/kawase/feeder/fixspec"
 )
@@ -386,15 +383,6 @@ func (a *sessionApp) emit(msg *quickfix.Message, pair fx.Pair, ps *pairState) {
 	q := &pending{pair: pair, receivedAt: msg.ReceiveTime, rate: &r}
 	q.sentAt, _ = msg.Header.GetTime(tag.SendingTime)
 	a.t.pub.enqueue(a.t.ctx, q)
-}
-
-// encodeRate renders a validated rate as a binary-mode CloudEvent record keyed by pair.
-func encodeRate(r *eventing.RateV1) (kafka.Message, error) {
-	e, err := eventing.NewEvent(eventing.TypeRate, r.EventID(), r)
-	if err != nil {
-		return kafka.Message{}, err
-	}
-	return cekafka.ToMessage(e)
 }
 
 func (a *sessionApp) invalidQuote(symbol string, err error) {

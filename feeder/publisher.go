@@ -58,6 +58,7 @@ type Published struct {
 type publisher struct {
 	lease       *Lease
 	topic       string
+	enc         *rateEncoder
 	transport   *kafka.Transport
 	client      *kafka.Client
 	partitionOf map[fx.Pair]int
@@ -73,8 +74,12 @@ func newPublisher(ctx context.Context, cfg *Config, lease *Lease, m *Metrics) (*
 		Dial: fencedDialer(lease), DialTimeout: dialTimeoutMs * time.Millisecond, ClientID: kafkaClientID,
 		IdleTimeout: transportIdleMs * time.Millisecond, MetadataTopics: []string{cfg.Topic},
 	}
+	enc, err := newRateEncoder()
+	if err != nil {
+		return nil, fmt.Errorf("rate encoder: %w", err)
+	}
 	p := &publisher{
-		lease: lease, topic: cfg.Topic, transport: tr, metrics: m, observe: cfg.OnPublished, log: cfg.Logger,
+		lease: lease, topic: cfg.Topic, enc: enc, transport: tr, metrics: m, observe: cfg.OnPublished, log: cfg.Logger,
 		client: &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Transport: tr, Timeout: produceTimeoutMs * time.Millisecond},
 		in:     make(chan *pending, publishQueueRatesMax), published: map[fx.Pair]prometheus.Counter{},
 	}
@@ -205,7 +210,7 @@ func (p *publisher) publish(ctx context.Context, batch []*pending) error {
 	}
 	byPartition := map[int][]*pending{}
 	for _, q := range batch {
-		m, err := encodeRate(q.rate)
+		m, err := p.enc.encode(q.rate, time.Now())
 		if err != nil {
 			panic(fmt.Sprintf("feeder: validated rate does not encode: %v", err))
 		}
