@@ -69,39 +69,54 @@ func feed(ctx context.Context, svc *rates.Service) {
 	}
 }
 
-// BenchmarkGetRates drives GET /v1/rates (all 50 pairs, about 7 KB) with benchConcurrency keep-alive
-// clients while rates change at 1,000/s, then the same number of requests against a bare net/http
-// server answering the same bytes, and reports both and their ratio.
+// BenchmarkGetRates drives GET /v1/rates (all 50 pairs) with benchConcurrency keep-alive wire clients
+// while rates change at 1,000/s, then the same number of requests against a bare net/http server
+// answering the same bytes, and reports both and their ratio: the uncompressed board (about 6 KB),
+// the gzipped one (as browsers ask), and revalidation (mostly 304).
 func BenchmarkGetRates(b *testing.B) {
-	for _, revalidate := range []bool{false, true} {
-		b.Run(fmt.Sprintf("revalidate=%v", revalidate), func(b *testing.B) {
+	for _, c := range []struct {
+		name, acceptEncoding string
+		revalidate           bool
+	}{{"identity", "", false}, {"gzip", "gzip", false}, {"revalidate", "", true}} {
+		b.Run(c.name, func(b *testing.B) {
 			_, srv := benchService(b, rates.Config{})
-			body := fetch(b, srv.URL+"/v1/rates")
+			body, encoding := fetch(b, srv.URL+"/v1/rates", c.acceptEncoding)
 			bare := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 				w.Header().Set("Content-Type", "application/json")
+				if encoding != "" {
+					w.Header().Set("Content-Encoding", encoding)
+				}
 				w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 				_, _ = w.Write(body)
 			}))
 			b.Cleanup(bare.Close)
 			b.ResetTimer()
-			kawase := runLoad(b, srv.URL+"/v1/rates", revalidate)
+			kawase := runLoad(b, srv.URL+"/v1/rates", c.revalidate, c.acceptEncoding)
 			b.StopTimer()
-			plain := runLoad(b, bare.URL, false)
+			plain := runLoad(b, bare.URL, false, c.acceptEncoding)
 			b.ReportMetric(kawase.RequestsPerSec, "req/s")
 			b.ReportMetric(float64(kawase.P50.Microseconds())/1000, "p50_ms")
 			b.ReportMetric(float64(kawase.P99.Microseconds())/1000, "p99_ms")
 			b.ReportMetric(plain.RequestsPerSec, "bare_req/s")
 			b.ReportMetric(kawase.RequestsPerSec/plain.RequestsPerSec, "ratio_to_bare")
-			if revalidate {
+			if c.revalidate {
 				b.ReportMetric(float64(kawase.NotModified)/float64(kawase.Requests), "share_304")
 			}
 		})
 	}
 }
 
-func fetch(b *testing.B, url string) []byte {
+// fetch gets url as the load will (not decompressed) and returns the body and its Content-Encoding.
+func fetch(b *testing.B, url, acceptEncoding string) ([]byte, string) {
 	b.Helper()
-	resp, err := http.Get(url)
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if acceptEncoding != "" {
+		req.Header.Set("Accept-Encoding", acceptEncoding)
+	}
+	resp, err := (&http.Client{Transport: &http.Transport{DisableCompression: true}}).Do(req)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -110,13 +125,13 @@ func fetch(b *testing.B, url string) []byte {
 	if err != nil || resp.StatusCode != http.StatusOK {
 		b.Fatalf("GET %s: %d %v", url, resp.StatusCode, err)
 	}
-	return body
+	return body, resp.Header.Get("Content-Encoding")
 }
 
-func runLoad(b *testing.B, url string, revalidate bool) loadtest.Result {
+func runLoad(b *testing.B, url string, revalidate bool, acceptEncoding string) loadtest.Result {
 	b.Helper()
 	res, err := loadtest.Run(context.Background(), loadtest.Options{URL: url, Concurrency: benchConcurrency,
-		Requests: max(b.N, benchConcurrency), Revalidate: revalidate})
+		Requests: max(b.N, benchConcurrency), Revalidate: revalidate, Wire: true, AcceptEncoding: acceptEncoding})
 	if err != nil {
 		b.Fatal(err)
 	}
