@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/kawase-fx/kawase/eventing/observe"
 	"github.com/kawase-fx/kawase/eventing/pgdb"
 )
 
@@ -118,5 +119,6 @@ func (s *Service) Handler() http.Handler {
 	mux.Handle("POST /v1/deadletters/{id}/replay", s.authorized(s.replayOne))
 	mux.Handle("POST /v1/deadletters/replay", s.authorized(s.replayFilter))
 	mux.Handle("DELETE /v1/deadletters/{id}", s.authorized(s.discard))
+	mux.HandleFunc("/", observe.Unrouted(mux))
 	return mux
 }

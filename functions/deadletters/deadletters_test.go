@@ -266,6 +266,35 @@ func TestRESTNeedsTheAdminToken(t *testing.T) {
 	}
 }
 
+// TestUnroutedRequestsGetProblems: an unknown path or a method a path does not take is answered as
+// problem+json (404 not_found, 405 method_not_allowed with Allow), not net/http's plain text.
+func TestUnroutedRequestsGetProblems(t *testing.T) {
+	_, svcURL := newService(t, pgtest.URL(t))
+	for _, c := range []struct {
+		method, path string
+		status       int
+		code, allow  string
+	}{
+		{http.MethodGet, "/v1/deadletters/x/nope", http.StatusNotFound, "not_found", ""},
+		{http.MethodPut, "/v1/deadletters/x", http.StatusMethodNotAllowed, "method_not_allowed", "GET, HEAD, DELETE"},
+		{http.MethodGet, "/", http.StatusMethodNotAllowed, "method_not_allowed", "POST"},
+	} {
+		req, _ := http.NewRequest(c.method, svcURL+c.path, nil)
+		req.Header.Set("Authorization", adminToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var p struct{ Code string }
+		_ = json.NewDecoder(resp.Body).Decode(&p)
+		resp.Body.Close()
+		if resp.StatusCode != c.status || p.Code != c.code || resp.Header.Get("Allow") != c.allow ||
+			resp.Header.Get("Content-Type") != "application/problem+json" {
+			t.Errorf("%s %s: %d %q Allow %q (%s)", c.method, c.path, resp.StatusCode, p.Code, resp.Header.Get("Allow"), resp.Header.Get("Content-Type"))
+		}
+	}
+}
+
 func TestReplayAndDiscard(t *testing.T) {
 	_, svcURL := newService(t, pgtest.URL(t))
 	dst := newDestination(t, http.StatusServiceUnavailable)

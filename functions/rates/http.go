@@ -41,24 +41,10 @@ func (s *Service) routes() http.Handler {
 	mux.HandleFunc("GET /v1/rates/{pair}", s.getRate)
 	mux.HandleFunc("GET /v1/rates/{pair}/candles", s.getCandles)
 	mux.HandleFunc("GET /{$}", serveBoard)
-	fallback := func(w http.ResponseWriter, r *http.Request) { unrouted(mux, w, r) }
+	fallback := observe.Unrouted(mux)
 	mux.HandleFunc("/v1/rates", fallback)
 	mux.HandleFunc("/v1/rates/", fallback)
 	return mux
-}
-
-// unrouted answers a request no route took: 405 when the path exists for GET, else 404.
-func unrouted(mux *http.ServeMux, w http.ResponseWriter, r *http.Request) {
-	asGet := r.Clone(r.Context())
-	asGet.Method = http.MethodGet
-	if _, pattern := mux.Handler(asGet); strings.HasPrefix(pattern, "GET ") {
-		w.Header().Set("Allow", "GET, HEAD")
-		observe.WriteProblem(w, observe.Problem{Status: http.StatusMethodNotAllowed, Code: "method_not_allowed",
-			Title: "method not allowed", Detail: fmt.Sprintf("%s takes GET, not %s", r.URL.Path, r.Method)})
-		return
-	}
-	observe.WriteProblem(w, observe.Problem{Status: http.StatusNotFound, Code: "not_found", Title: "no such resource",
-		Detail: fmt.Sprintf("%s is not part of the rates API", r.URL.Path)})
 }
 
 // getRates serves GET /v1/rates[?pairs=A,B]: the whole pre-serialized snapshot, or the requested
