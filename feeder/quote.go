@@ -68,7 +68,7 @@ func readSide(e fixspec.Fields) (enum.MDEntryType, quoteSide, error) {
 	if !dok || !tok {
 		return enum.MDEntryType(typ), s, errors.New("quote lacks MDEntryDate(272) or MDEntryTime(273)")
 	}
-	if s.at, err = time.Parse(mdEntryTimestampLayout, string(date)+" "+string(clock)); err != nil {
+	if s.at, err = entryTime(date, clock); err != nil {
 		return enum.MDEntryType(typ), s, fmt.Errorf("MDEntryDate(272)/MDEntryTime(273) %q %q: %w", date, clock, err)
 	}
 	id, ok := e.Get(tagQuoteEntryID)
@@ -77,6 +77,53 @@ func readSide(e fixspec.Fields) (enum.MDEntryType, quoteSide, error) {
 	}
 	s.quoteID = string(id)
 	return enum.MDEntryType(typ), s, nil
+}
+
+// Shapes of MDEntryDate(272) and MDEntryTime(273) entryTime reads itself.
+const (
+	mdEntryDateBytes     = len("20060102")
+	mdEntryTimeBytes     = len("15:04:05")
+	mdEntryFracDigitsMax = 9
+)
+
+// entryTime reads MDEntryDate(272) and MDEntryTime(273) as time.Parse does with
+// mdEntryTimestampLayout, without building the string it needs: the common shapes directly, anything
+// else through time.Parse.
+func entryTime(date, clock []byte) (time.Time, error) {
+	digits := func(b []byte) (int, bool) {
+		n := 0
+		for _, c := range b {
+			if c < '0' || c > '9' {
+				return 0, false
+			}
+			n = n*10 + int(c-'0')
+		}
+		return n, true
+	}
+	frac := len(clock) - mdEntryTimeBytes - 1
+	if len(date) == mdEntryDateBytes && (frac == -1 || frac >= 1 && frac <= mdEntryFracDigitsMax && clock[mdEntryTimeBytes] == '.') &&
+		clock[2] == ':' && clock[5] == ':' {
+		y, yok := digits(date[:4])
+		mo, mook := digits(date[4:6])
+		d, dok := digits(date[6:8])
+		h, hok := digits(clock[:2])
+		mi, miok := digits(clock[3:5])
+		sec, sok := digits(clock[6:8])
+		ns, nok := 0, true
+		if frac > 0 {
+			ns, nok = digits(clock[mdEntryTimeBytes+1:])
+			for range mdEntryFracDigitsMax - frac {
+				ns *= 10
+			}
+		}
+		if yok && mook && dok && hok && miok && sok && nok && mo >= 1 && mo <= 12 && d >= 1 && h < 24 && mi < 60 && sec < 60 {
+			t := time.Date(y, time.Month(mo), d, h, mi, sec, ns, time.UTC)
+			if t.Day() == d { // not normalised past the month's end
+				return t, nil
+			}
+		}
+	}
+	return time.Parse(mdEntryTimestampLayout, string(date)+" "+string(clock))
 }
 
 // apply sets or clears one side.

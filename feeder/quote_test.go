@@ -1,0 +1,37 @@
+package feeder
+
+import (
+	"math/rand/v2"
+	"testing"
+	"time"
+)
+
+// TestEntryTimeMatchesTimeParse holds entryTime to time.Parse with mdEntryTimestampLayout: the same
+// time for what it accepts, an error for what it refuses.
+func TestEntryTimeMatchesTimeParse(t *testing.T) {
+	cases := [][2]string{
+		{"20261130", "12:00:00"}, {"20261130", "12:00:00.1"}, {"20261130", "12:00:00.123"},
+		{"20261130", "23:59:59.999999999"}, {"20261130", "12:00:00.1234567891"}, {"20260229", "12:00:00"},
+		{"20240229", "12:00:00"}, {"20261131", "12:00:00"}, {"20261301", "12:00:00"}, {"20260001", "12:00:00"},
+		{"20261100", "12:00:00"}, {"20261130", "24:00:00"}, {"20261130", "12:60:00"}, {"20261130", "12:00:60"},
+		{"20261130", "12:00:00."}, {"20261130", "12:00:00.x"}, {"20261130", "1:00:00"}, {"2026113", "12:00:00"},
+		{"2026-11-30", "12:00:00"}, {"20261130", "12-00-00"}, {"", ""}, {"20261130", ""}, {"00000101", "00:00:00"},
+		{"20261130", "12:00:00,5"}, {"20261130", "+2:00:00"}, {"2026113a", "12:00:00"},
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	const alphabet = "0123456789:.-x"
+	for range 20000 {
+		date := []byte("20261130")
+		clock := []byte("12:34:56.789")[:8+rng.IntN(5)]
+		b := [][]byte{date, clock}[rng.IntN(2)]
+		b[rng.IntN(len(b))] = alphabet[rng.IntN(len(alphabet))]
+		cases = append(cases, [2]string{string(date), string(clock)})
+	}
+	for _, c := range cases {
+		got, gotErr := entryTime([]byte(c[0]), []byte(c[1]))
+		want, wantErr := time.Parse(mdEntryTimestampLayout, c[0]+" "+c[1])
+		if (gotErr == nil) != (wantErr == nil) || !got.Equal(want) || got.Location() != want.Location() {
+			t.Errorf("%q %q: got %v, %v; time.Parse %v, %v", c[0], c[1], got, gotErr, want, wantErr)
+		}
+	}
+}
