@@ -261,6 +261,8 @@ func (e *devEnv) serve(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Whatever no function serves is answered as problem+json, as in a cluster each Service does.
+	mux.HandleFunc("/", observe.Unrouted(mux))
 	specs, err := e.devChildren()
 	if err != nil {
 		return err

@@ -183,6 +183,22 @@ func TestDevStartsStopsAndKeepsData(t *testing.T) {
 	} else {
 		resp.Body.Close()
 	}
+	// What no function serves is a problem too, not net/http's plain text.
+	for _, c := range []struct {
+		method, path string
+		status       int
+	}{{http.MethodGet, "/nope", http.StatusNotFound}, {http.MethodGet, "/_svc/nope", http.StatusNotFound},
+		{http.MethodPut, "/", http.StatusMethodNotAllowed}} {
+		req, _ := http.NewRequest(c.method, second.state.HTTP+c.path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != c.status || resp.Header.Get("Content-Type") != "application/problem+json" {
+			t.Errorf("%s %s: %d %s", c.method, c.path, resp.StatusCode, resp.Header.Get("Content-Type"))
+		}
+	}
 	conn, err = pgx.Connect(ctx, second.state.Database)
 	if err != nil {
 		t.Fatal(err)
