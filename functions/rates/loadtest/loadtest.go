@@ -5,10 +5,8 @@
 package loadtest
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -303,17 +301,24 @@ func Stream(ctx context.Context, o StreamOptions) (StreamResult, error) {
 // update batch, the first rate's time, and the snapshot event. A batch counts as delivered once
 // everything the connection had delivered is consumed (the server writes a batch in one write).
 type streamReader struct {
-	onSnapshot func()
-	measuring  *atomic.Bool
-	lags, ages []time.Duration
+	onSnapshot   func()
+	snapshotSeen bool
+	measuring    *atomic.Bool
+	lags, ages   []time.Duration
 }
 
 var (
-	emittedPrefix  = []byte(": emitted ")
-	snapshotPrefix = []byte("event: snapshot")
-	dataPrefix     = []byte("data: ")
+	emittedMarker  = []byte(": emitted ")
+	emittedLine    = []byte("\n: emitted ")
+	snapshotMarker = []byte("event: snapshot")
+	dataMarker     = []byte("\ndata: ")
+	eventEnd       = []byte("\n\n")
 )
 
+// read holds one stream and, for each block of complete events it receives, records the lag of the
+// (first) update batch in it once the block is read in full. A server writes a
+// batch in one piece, so a read usually returns exactly one block; the reader searches it for the
+// markers instead of reading it line by line.
 func (s *streamReader) read(ctx context.Context, hc *http.Client, url string) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
@@ -327,35 +332,63 @@ func (s *streamReader) read(ctx context.Context, hc *http.Client, url string) er
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("stream %s: %s", url, resp.Status)
 	}
-	br := bufio.NewReaderSize(resp.Body, streamReadBufferBytes)
-	var emitted, provider time.Time
+	buf := make([]byte, streamReadBufferBytes)
+	filled := 0
 	for {
-		line, err := br.ReadSlice('\n')
-		switch {
-		case errors.Is(err, bufio.ErrBufferFull):
-			continue // the rest of a long line
-		case err != nil:
+		if filled == len(buf) {
+			buf = append(buf, make([]byte, len(buf))...) // an event larger than the buffer
+		}
+		n, err := resp.Body.Read(buf[filled:])
+		filled += n
+		if bytes.HasSuffix(buf[:filled], eventEnd) { // the usual case: whole events
+			s.block(buf[:filled])
+			filled = 0
+		} else if end := bytes.LastIndex(buf[:filled], eventEnd); end >= 0 {
+			s.block(buf[:end+len(eventEnd)])
+			filled = copy(buf, buf[end+len(eventEnd):filled])
+		}
+		if err != nil {
 			return err
 		}
-		switch {
-		case bytes.HasPrefix(line, emittedPrefix):
-			if us, perr := strconv.ParseInt(string(bytes.TrimSpace(line[len(emittedPrefix):])), 10, 64); perr == nil {
-				emitted, provider = time.UnixMicro(us), time.Time{}
-			}
-		case bytes.HasPrefix(line, snapshotPrefix):
-			s.onSnapshot()
-		case !emitted.IsZero() && provider.IsZero() && bytes.HasPrefix(line, dataPrefix):
-			provider, _ = rateTime(string(line))
+	}
+}
+
+// block handles complete events: the snapshot, or an update batch whose lag is now known.
+func (s *streamReader) block(b []byte) {
+	if !s.snapshotSeen && bytes.Contains(b, snapshotMarker) {
+		s.snapshotSeen = true
+		s.onSnapshot()
+	}
+	if !s.measuring.Load() {
+		return
+	}
+	// The block's first batch, the oldest if it holds several (a client behind): a batch is written
+	// in one piece starting with its comment, so the block almost always starts with it.
+	i := 0
+	if !bytes.HasPrefix(b, emittedMarker) {
+		if i = bytes.Index(b, emittedLine); i < 0 {
+			return
 		}
-		if br.Buffered() == 0 && !emitted.IsZero() {
-			if s.measuring.Load() {
-				now := time.Now()
-				s.lags = append(s.lags, now.Sub(emitted))
-				if !provider.IsZero() {
-					s.ages = append(s.ages, now.Sub(provider))
-				}
-			}
-			emitted = time.Time{}
+		i++
+	}
+	now := time.Now()
+	rest := b[i+len(emittedMarker):]
+	eol := bytes.IndexByte(rest, '\n')
+	if eol < 0 {
+		return
+	}
+	us, err := strconv.ParseInt(string(rest[:eol]), 10, 64)
+	if err != nil {
+		return
+	}
+	s.lags = append(s.lags, now.Sub(time.UnixMicro(us)))
+	if d := bytes.Index(rest, dataMarker); d >= 0 {
+		line := rest[d+len(dataMarker):]
+		if e := bytes.IndexByte(line, '\n'); e >= 0 {
+			line = line[:e]
+		}
+		if provider, ok := rateTime(string(line)); ok {
+			s.ages = append(s.ages, now.Sub(provider))
 		}
 	}
 }
