@@ -194,10 +194,10 @@ func (a *sessionApp) FromApp(msg *quickfix.Message, id quickfix.SessionID) quick
 	}
 	switch m.MsgType {
 	case string(enum.MsgType_MARKET_DATA_SNAPSHOT_FULL_REFRESH):
-		a.onSnapshot(msg, m.Body)
+		a.onSnapshot(msg, m)
 		return nil
 	case string(enum.MsgType_MARKET_DATA_INCREMENTAL_REFRESH):
-		a.onIncremental(msg, m.Body)
+		a.onIncremental(msg, m)
 		return nil
 	}
 	return a.router.Route(msg, id)
@@ -305,8 +305,8 @@ func (a *sessionApp) onBusinessReject(msg businessmessagereject.BusinessMessageR
 }
 
 // onSnapshot turns a MarketDataSnapshotFullRefresh (35=W) into a rate.
-func (a *sessionApp) onSnapshot(msg *quickfix.Message, body fixspec.Fields) {
-	symbol, book, err := snapshotBook(body)
+func (a *sessionApp) onSnapshot(msg *quickfix.Message, m fixspec.Message) {
+	symbol, book, err := snapshotBook(m.Body)
 	if err != nil {
 		a.invalidQuote(symbol, err)
 		return
@@ -318,13 +318,13 @@ func (a *sessionApp) onSnapshot(msg *quickfix.Message, body fixspec.Fields) {
 	}
 	ps.received.Inc()
 	ps.book = book
-	a.emit(msg, pair, ps)
+	a.emit(msg, m.Header, pair, ps)
 }
 
 // onIncremental applies a MarketDataIncrementalRefresh (35=X) to the books and emits a rate for
 // every pair it touched whose book is complete.
-func (a *sessionApp) onIncremental(msg *quickfix.Message, body fixspec.Fields) {
-	updates, err := incrementalUpdates(body)
+func (a *sessionApp) onIncremental(msg *quickfix.Message, m fixspec.Message) {
+	updates, err := incrementalUpdates(m.Body)
 	if err != nil {
 		a.invalidQuote("", err)
 		return
@@ -347,7 +347,7 @@ func (a *sessionApp) onIncremental(msg *quickfix.Message, body fixspec.Fields) {
 	for _, pair := range touched {
 		ps := a.t.pairs[pair]
 		ps.received.Inc()
-		a.emit(msg, pair, ps)
+		a.emit(msg, m.Header, pair, ps)
 	}
 }
 
@@ -365,7 +365,7 @@ func (a *sessionApp) pairOf(symbol string) (*pairState, fx.Pair, error) {
 
 // emit validates the pair's book as a rate, stamps it with the term's epoch and the pair's next
 // sequence and queues it for the publisher, which encodes it (off the FIX session's goroutine).
-func (a *sessionApp) emit(msg *quickfix.Message, pair fx.Pair, ps *pairState) {
+func (a *sessionApp) emit(msg *quickfix.Message, header fixspec.Fields, pair fx.Pair, ps *pairState) {
 	r, err := ps.book.rate(pair)
 	if err == nil {
 		r.Epoch = a.t.lease.Epoch()
@@ -379,9 +379,11 @@ func (a *sessionApp) emit(msg *quickfix.Message, pair fx.Pair, ps *pairState) {
 	}
 	ps.seq++
 	r.Session, r.Seq, r.ReceivedAt = a.session, ps.seq, msg.ReceiveTime.UTC()
-	r.MsgSeqNum, _ = msg.Header.GetInt(tag.MsgSeqNum)
+	r.MsgSeqNum, _ = header.Int(int(tag.MsgSeqNum))
 	q := &pending{pair: pair, receivedAt: msg.ReceiveTime, rate: &r}
-	q.sentAt, _ = msg.Header.GetTime(tag.SendingTime)
+	if sent, ok := header.Get(int(tag.SendingTime)); ok {
+		q.sentAt, _ = fixspec.UTCTimestamp(sent)
+	}
 	a.t.pub.enqueue(a.t.ctx, q)
 }
 

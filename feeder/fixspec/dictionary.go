@@ -30,6 +30,15 @@ type Field struct {
 // Fields is a run of fields in wire order: a part of a message, or one entry of a repeating group.
 type Fields []Field
 
+// Int returns the value of the field with the given tag at this level as an integer.
+func (fs Fields) Int(tag int) (int, bool) {
+	v, ok := fs.Get(tag)
+	if !ok {
+		return 0, false
+	}
+	return atoi(v)
+}
+
 // Get returns the value of the field with the given tag at this level (not inside a repeating group).
 func (fs Fields) Get(tag int) ([]byte, bool) {
 	for i := 0; i < len(fs); i++ {
@@ -112,9 +121,18 @@ type member struct {
 
 // part is a message body, the header or the trailer.
 type part struct {
-	msgType  string
-	fields   map[int]*member
+	msgType string
+	// fields are the part's own fields (not those inside its repeating groups), by tag.
+	fields   []*member
 	required []int
+}
+
+// member returns the part's own field with the given tag, or nil.
+func (p *part) member(tag int) *member {
+	if tag < 0 || tag >= len(p.fields) {
+		return nil
+	}
+	return p.fields[tag]
 }
 
 // Dictionary is a FIX data dictionary compiled to check raw messages the way quickfixgo's validator
@@ -194,7 +212,11 @@ func compileType(ft *datadictionary.FieldType) (*fieldType, error) {
 }
 
 func compilePart(md *datadictionary.MessageDef) *part {
-	p := &part{msgType: md.MsgType, fields: make(map[int]*member, len(md.Fields))}
+	tagMax := 0
+	for tag := range md.Fields {
+		tagMax = max(tagMax, tag)
+	}
+	p := &part{msgType: md.MsgType, fields: make([]*member, tagMax+1)}
 	for tag, fd := range md.Fields {
 		p.fields[tag] = compileMember(fd)
 	}
@@ -315,7 +337,14 @@ func fieldOrder(fields Fields) quickfix.MessageRejectError {
 }
 
 func outOfOrder(t quickfix.Tag) quickfix.MessageRejectError {
-	return quickfix.NewMessageRejectError("Tag specified out of required order", rejectTagSpecifiedOutOfRequiredOrder, &t)
+	return rejectWithTag("Tag specified out of required order", rejectTagSpecifiedOutOfRequiredOrder, int(t))
+}
+
+// rejectWithTag is a session-level reject about one tag (its own function, so that the tag escapes
+// to the heap only when there is a reject).
+func rejectWithTag(text string, reason, tag int) quickfix.MessageRejectError {
+	t := quickfix.Tag(tag)
+	return quickfix.NewMessageRejectError(text, reason, &t)
 }
 
 // checkValue checks one field's value against its type.
@@ -348,8 +377,8 @@ func (d *Dictionary) checkValue(f Field) quickfix.MessageRejectError {
 	case kindBool:
 		ok = len(f.Value) == 1 && (f.Value[0] == 'Y' || f.Value[0] == 'N')
 	case kindTimestamp:
-		var ts quickfix.FIXUTCTimestamp
-		ok = ts.Read(f.Value) == nil
+		_, err := UTCTimestamp(f.Value)
+		ok = err == nil
 	}
 	if !ok {
 		return quickfix.IncorrectDataFormatForValue(tag)
@@ -361,13 +390,12 @@ func (d *Dictionary) checkValue(f Field) quickfix.MessageRejectError {
 // in dictionary order with the count they announce. It sets the Span of every NumInGroup field.
 func (d *Dictionary) walk(p *part, fs Fields) quickfix.MessageRejectError {
 	for i := 0; i < len(fs); {
-		tag := quickfix.Tag(fs[i].Tag)
 		if _, dup := fs[:i].Get(fs[i].Tag); dup {
-			return quickfix.NewMessageRejectError("Tag appears more than once", rejectTagAppearsMoreThanOnce, &tag)
+			return rejectWithTag("Tag appears more than once", rejectTagAppearsMoreThanOnce, fs[i].Tag)
 		}
-		m, ok := p.fields[fs[i].Tag]
-		if !ok {
-			return quickfix.TagNotDefinedForThisMessageType(tag)
+		m := p.member(fs[i].Tag)
+		if m == nil {
+			return quickfix.TagNotDefinedForThisMessageType(quickfix.Tag(fs[i].Tag))
 		}
 		next, err := visit(m, fs, i)
 		if err != nil {
@@ -383,10 +411,9 @@ func visit(m *member, fs Fields, i int) (int, quickfix.MessageRejectError) {
 	if len(m.members) == 0 {
 		return i + 1, nil
 	}
-	tag := quickfix.Tag(fs[i].Tag)
 	count, ok := atoi(fs[i].Value)
 	if !ok {
-		return i, quickfix.IncorrectDataFormatForValue(tag)
+		return i, quickfix.IncorrectDataFormatForValue(quickfix.Tag(fs[i].Tag))
 	}
 	j, entries := i+1, 0
 	var expect []*member
@@ -416,8 +443,7 @@ func visit(m *member, fs Fields, i int) (int, quickfix.MessageRejectError) {
 		}
 	}
 	if entries != count {
-		return j, quickfix.NewMessageRejectError("Incorrect NumInGroup count for repeating group",
-			rejectIncorrectNumInGroupCount, &tag)
+		return j, rejectWithTag("Incorrect NumInGroup count for repeating group", rejectIncorrectNumInGroupCount, fs[i].Tag)
 	}
 	fs[i].Span = j - i - 1
 	return j, nil
@@ -432,17 +458,11 @@ func atoi(b []byte) (int, bool) {
 	if len(b) == 0 {
 		return 0, false
 	}
-	n := 0
-	for _, c := range b {
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		n = n*10 + int(c-'0')
-	}
+	n, ok := digits(b)
 	if neg {
 		n = -n
 	}
-	return n, true
+	return n, ok
 }
 
 // isDecimal reports whether b is a FIX float: an optional minus, digits and at most one point, with

@@ -196,3 +196,51 @@ func TestEntriesReadsGroups(t *testing.T) {
 		t.Fatal("a group's field read as the message's")
 	}
 }
+
+// BenchmarkParseW compares what the feeder's session does with a 35=W: quickfixgo parsing and
+// validating it with the data dictionary, against quickfixgo parsing it flat and Check checking it.
+func BenchmarkParseW(b *testing.B) {
+	path, err := DictionaryPath()
+	if err != nil {
+		b.Fatal(err)
+	}
+	dd, err := datadictionary.Parse(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	d, err := NewDictionary()
+	if err != nil {
+		b.Fatal(err)
+	}
+	raw := frame("W", testBodies()["W"])
+	b.Run("quickfixgo-dictionary", func(b *testing.B) {
+		v := quickfix.NewValidator(quickfixDefaults, dd, nil)
+		for b.Loop() {
+			msg := quickfix.NewMessage()
+			if err := quickfix.ParseMessageWithDataDictionary(msg, bytes.NewBuffer(raw), nil, dd); err != nil {
+				b.Fatal(err)
+			}
+			if err := v.Validate(msg); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("flat-and-Check", func(b *testing.B) {
+		v := quickfix.NewValidator(quickfixDefaults, nil, nil)
+		var buf []Field
+		for b.Loop() {
+			msg := quickfix.NewMessage()
+			if err := quickfix.ParseMessageWithDataDictionary(msg, bytes.NewBuffer(raw), nil, nil); err != nil {
+				b.Fatal(err)
+			}
+			if err := v.Validate(msg); err != nil {
+				b.Fatal(err)
+			}
+			m, err := d.Check(msg.Bytes(), buf)
+			if err != nil {
+				b.Fatal(err)
+			}
+			buf = m.Fields()
+		}
+	})
+}
