@@ -205,6 +205,59 @@ func TestApplyIsIdempotentAndDoubleEntry(t *testing.T) {
 	}
 }
 
+// TestRoundAppliesEachCommandAsAlone applies commands of several accounts in one transaction, as
+// commands delivered at the same time are: each gets its own result and inbox entry, the same as a
+// redelivery of it answers afterwards; a command about an unknown account and a redelivered command
+// share the round; and a round in which one command fails (two accounts placing the same order id)
+// applies each command alone instead, so the others still succeed.
+func TestRoundAppliesEachCommandAsAlone(t *testing.T) {
+	e := newEnv(t, testConfig())
+	e.open(t, "A", "JPY", "1000000")
+	e.open(t, "B", "USD", "100000")
+	e.open(t, "C", "JPY", "1000000")
+	first := e.apply(t, market("C", "c1", "USD_JPY", "buy", "1000"))
+	cmds := []*eventing.OrderCommandV1{
+		market("B", "b1", "EUR_USD", "sell", "2000"),
+		market("A", "a1", "USD_JPY", "buy", "1000"),
+		market("nobody", "n1", "USD_JPY", "buy", "1"),
+		market("C", "c1", "USD_JPY", "buy", "1000"),
+		pending("A2", "a2", "USD_JPY", "buy", "1000", "limit", "100.000"),
+	}
+	e.open(t, "A2", "JPY", "1000000")
+	res, errs := e.l.ApplyTogether(cmds)
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("%s: %v", cmds[i].CommandID, err)
+		}
+	}
+	if res[0].Status != eventing.ResultFilled || res[0].AccountID != "B" || !res[0].Price.Equal(d("1.10000")) ||
+		res[1].Status != eventing.ResultFilled || res[1].AccountID != "A" || !res[1].Price.Equal(d("150.010")) ||
+		res[2].Reason != ledger.ReasonAccountNotFound || res[4].Status != eventing.ResultAccepted {
+		t.Fatalf("round results: %+v", res)
+	}
+	if res[3].ExecutionID != first.ExecutionID || !res[3].DecidedAt.Equal(first.DecidedAt) {
+		t.Errorf("redelivered command in a round answered %+v, want its first result %+v", res[3], first)
+	}
+	for i, c := range cmds {
+		again := e.apply(t, c)
+		if again.Status != res[i].Status || again.ExecutionID != res[i].ExecutionID || again.Reason != res[i].Reason ||
+			!again.DecidedAt.Equal(res[i].DecidedAt) {
+			t.Errorf("%s redelivered alone answered %+v, in the round %+v", c.CommandID, again, res[i])
+		}
+	}
+	if n := e.count(t, `SELECT count(*) FROM ledger.inbox`); n != 5 {
+		t.Errorf("inbox entries = %d, want one per command (5)", n)
+	}
+	clash := []*eventing.OrderCommandV1{market("A", "same", "USD_JPY", "buy", "1000"), market("B", "same", "EUR_USD", "buy", "1000")}
+	clash[1].CommandID = "place:B:same"
+	res, errs = e.l.ApplyTogether(clash)
+	if errs[0] != nil || errs[1] != nil || res[0].Status != eventing.ResultFilled || res[1].Reason != ledger.ReasonDuplicateOrderID {
+		t.Fatalf("round with a clashing order id: %+v %v", res, errs)
+	}
+	checkBooks(t, e.pool)
+	eventually(t, "the outbox emptied", func() bool { return e.count(t, `SELECT count(*) FROM ledger.outbox`) == 0 })
+}
+
 func postEvent(t *testing.T, url string, ev cloudevents.Event, structured bool) (int, []byte) {
 	t.Helper()
 	var req *http.Request

@@ -1,10 +1,12 @@
 // Package ledger is the ledger function of kawase: the system of record for accounts, orders,
 // executions, positions and money. It applies every kawase.order.command.v1 that the commands topic's
-// ordered KafkaSource delivers (POST / with the CloudEvent) in one PostgreSQL transaction: lock the
+// ordered KafkaSource delivers (POST / with the CloudEvent) in a PostgreSQL transaction: lock the
 // account, check, apply, record the command id with its result (inbox) and the resulting events
-// (outbox). A redelivered command returns its first result and changes nothing. After commit a
-// publisher moves the outbox to Kafka (kawase.trade.executed.v1 to the executions channel,
-// kawase.order.result.v1 to kawase.order.results); a sweep republishes anything a crash left.
+// (outbox). Commands delivered at the same time (from different partitions, so of different accounts)
+// share one transaction, each with its own inbox entry and events. A redelivered command returns its
+// first result and changes nothing. After commit the events are published to Kafka
+// (kawase.trade.executed.v1 to the executions channel, kawase.order.result.v1 to
+// kawase.order.results) before the command is answered; a sweep republishes anything a crash left.
 //
 // Money is double-entry: every change is a journal entry of postings that balance per currency over
 // all accounts, house accounts included, so no currency is ever created or destroyed; the code panics
@@ -28,7 +30,6 @@ import (
 	"io/fs"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/shopspring/decimal"
@@ -63,6 +64,7 @@ const (
 	defaultBookRefreshMs    = 500
 	defaultTriggerResendMs  = 5_000
 	commandApplyTimeoutMs   = 10_000
+	livePublishTimeoutMs    = 5_000
 	commandRetryCountMax    = 3
 	serializationRetryDelay = 5 * time.Millisecond
 	rollbackTimeoutMs       = 2_000
@@ -76,7 +78,7 @@ type Config struct {
 	Leverage map[fx.Pair]decimal.Decimal
 	// QuoteAgeMax is how old (by provider time) a quote may be for a market order to fill on it.
 	QuoteAgeMax time.Duration
-	// SweepInterval is how often the outbox is swept for rows no kick published.
+	// SweepInterval is how often the outbox is swept for rows left behind (older than outboxStaleMs).
 	SweepInterval time.Duration
 	// Watch runs the trigger/expiry/close-out watcher in Run (one active replica at a time).
 	Watch bool
@@ -142,6 +144,7 @@ type Ledger struct {
 	pub    *publisher
 	m      *metrics
 	watch  *watcher
+	group  grouper
 }
 
 // New builds a ledger; it starts nothing until Run.
@@ -198,93 +201,25 @@ func (l *Ledger) leverage(p fx.Pair) decimal.Decimal {
 	return l.cfg.DefaultLeverage
 }
 
-// Apply applies one command in one database transaction and returns its result. A command applied
-// before (same CommandID) returns the first result and changes nothing. Errors are transient (the
-// database); the caller retries with the same command.
+// Apply applies one command and returns its result once the command's events are published. A
+// command applied before (same CommandID) returns the first result and changes nothing. Commands
+// that arrive together are applied together, in one transaction (see group.go). Errors are transient
+// (the database, Kafka); the caller retries with the same command.
 func (l *Ledger) Apply(ctx context.Context, cmd *eventing.OrderCommandV1) (eventing.OrderResultV1, error) {
 	if err := cmd.Validate(); err != nil {
 		return eventing.OrderResultV1{}, err
 	}
-	started := time.Now()
-	ctx, cancel := context.WithTimeout(ctx, commandApplyTimeoutMs*time.Millisecond)
-	defer cancel()
-	var res eventing.OrderResultV1
-	var replay bool
-	var err error
-	for attempt := range commandRetryCountMax {
-		res, replay, err = l.applyOnce(ctx, cmd)
-		if !isRetryable(err) || attempt == commandRetryCountMax-1 {
-			break
-		}
-		time.Sleep(serializationRetryDelay)
+	req := &request{cmd: cmd, started: time.Now(), done: make(chan reply, 1)}
+	if l.group.enqueue(req) {
+		go l.runRounds()
 	}
-	if err != nil {
-		l.m.commandErrors.Inc()
-		return eventing.OrderResultV1{}, err
+	select {
+	case rep := <-req.done:
+		return rep.res, rep.err
+	case <-ctx.Done():
+		// The command may still be applied: its redelivery finds it in the inbox.
+		return eventing.OrderResultV1{}, fmt.Errorf("apply command %s: %w", cmd.CommandID, ctx.Err())
 	}
-	l.pub.Kick()
-	if res.Status == eventing.ResultAccepted {
-		l.watch.markDirty()
-	}
-	outcome := res.Status
-	if replay {
-		outcome = "replay"
-	}
-	l.m.commands.WithLabelValues(cmd.Kind, outcome).Inc()
-	l.m.applySeconds.Observe(time.Since(started).Seconds())
-	return res, nil
-}
-
-// applyOnce runs one attempt of a command as one transaction in two round trips: BEGIN, lock and
-// reads; then the writes and COMMIT. A failed attempt is rolled back.
-func (l *Ledger) applyOnce(ctx context.Context, cmd *eventing.OrderCommandV1) (eventing.OrderResultV1, bool, error) {
-	conn, err := l.pool.Acquire(ctx)
-	if err != nil {
-		return eventing.OrderResultV1{}, false, fmt.Errorf("apply command %s: %w", cmd.CommandID, err)
-	}
-	defer conn.Release()
-	res, replay, err := l.applyOn(ctx, conn.Conn(), cmd, time.Now().UTC())
-	if err != nil {
-		if conn.Conn().PgConn().TxStatus() != 'I' {
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeoutMs*time.Millisecond)
-			// A connection still in the transaction afterwards is closed by the pool on release.
-			_, _ = conn.Exec(rctx, "ROLLBACK")
-			cancel()
-		}
-		return eventing.OrderResultV1{}, false, fmt.Errorf("apply command %s: %w", cmd.CommandID, err)
-	}
-	return res, replay, nil
-}
-
-func (l *Ledger) applyOn(ctx context.Context, c *pgx.Conn, cmd *eventing.OrderCommandV1, now time.Time) (eventing.OrderResultV1, bool, error) {
-	cc, err := beginCommand(ctx, c, cmd)
-	if err != nil {
-		return eventing.OrderResultV1{}, false, err
-	}
-	if cc.acct == nil {
-		return recordUnknownAccount(ctx, c, cmd, now)
-	}
-	if cc.prior != nil {
-		if _, err := c.Exec(ctx, "COMMIT"); err != nil {
-			return eventing.OrderResultV1{}, false, err
-		}
-		return *cc.prior, true, nil
-	}
-	t := cc.target
-	if cc.foreign && cmd.Kind == eventing.CommandPlace {
-		// The order id belongs to another account: placing it here would reuse the id. (To cancel or
-		// trigger, another account's order is no order of this one: not found.)
-		t.Order = &order{ID: cmd.OrderID, AccountID: cmd.AccountID, Status: StatusRejected}
-	}
-	eff := newEngine(l, cc.acct, cmd, now).apply(t)
-	events, err := resultEvents(eff.Result, eff.Executions, now)
-	if err != nil {
-		return eventing.OrderResultV1{}, false, err
-	}
-	if err := writeEffects(ctx, c, cc.acct, cmd, eff, events); err != nil {
-		return eventing.OrderResultV1{}, false, err
-	}
-	return eff.Result, false, nil
 }
 
 // metrics are the ledger's Prometheus instruments.

@@ -20,6 +20,7 @@ import (
 // Limits of the outbox publisher.
 const (
 	outboxBatchMax       = 500
+	deleteFlushMs        = 20
 	publishBackoffMinMs  = 50
 	publishBackoffMaxMs  = 5_000
 	publishTimeoutMs     = 15_000
@@ -96,49 +97,98 @@ func (ev outboxEvent) toCloudEvent() (cloudevents.Event, error) {
 	return e, nil
 }
 
-// publisher moves committed outbox rows to Kafka: at once when a command commits (kick), and in a
-// periodic sweep that also picks up rows left by a replica that died after committing. Publishers of
-// all replicas take turns under one advisory lock, and each takes rows in id order; an account's rows
-// are inserted under its row lock, so its events are published in the order they were decided.
+// publisher moves committed outbox rows to Kafka. A committed round of commands publishes its own
+// events from memory and has its rows deleted shortly after (deleteLater); see group.go for why that
+// keeps each account's events in order. Rows nothing published that way — a failed publish, a replica
+// that died between commit and publish — are drained in id order: by the next round that notices
+// them, by a redelivered command, and by a periodic sweep of rows older than outboxStaleMs. Drains of
+// all replicas take turns under one advisory lock; an account's rows are inserted under its row lock,
+// so in id order its events are in the order they were decided.
 type publisher struct {
 	pool    *pgxpool.Pool
 	writers map[string]*kafka.Writer
-	kick    chan struct{}
 	sweep   time.Duration
 	log     *zap.SugaredLogger
 	m       *metrics
+
+	mu        sync.Mutex
+	published []int64
+	flush     *time.Timer
 }
 
 func newPublisher(pool *pgxpool.Pool, brokers []string, sweep time.Duration, log *zap.SugaredLogger, m *metrics) *publisher {
-	return &publisher{pool: pool, sweep: sweep, log: log, m: m, kick: make(chan struct{}, 1),
+	return &publisher{pool: pool, sweep: sweep, log: log, m: m,
 		writers: map[string]*kafka.Writer{
 			eventing.TopicOrderResults: cekafka.NewWriter(brokers, eventing.TopicOrderResults),
 			eventing.TopicExecutions:   cekafka.NewWriter(brokers, eventing.TopicExecutions),
 		}}
 }
 
-// Kick asks for a publishing round soon; it never blocks.
-func (p *publisher) Kick() {
-	select {
-	case p.kick <- struct{}{}:
-	default:
-	}
-}
-
+// close deletes the rows published so far and releases the Kafka writers.
 func (p *publisher) close() {
+	p.mu.Lock()
+	if p.flush != nil {
+		p.flush.Stop()
+	}
+	p.mu.Unlock()
+	p.deletePublished()
 	for _, w := range p.writers {
 		_ = w.Close()
 	}
 }
 
-// run publishes until ctx ends. A failed round is retried with bounded exponential backoff; rows stay
-// in the outbox meanwhile, so nothing is lost, only delayed.
+// publishEvents publishes the events of committed commands (each topic's in order).
+func (p *publisher) publishEvents(ctx context.Context, events []outboxEvent) error {
+	byTopic := map[string][]cloudevents.Event{}
+	for _, ev := range events {
+		ce, err := ev.toCloudEvent()
+		if err != nil {
+			return err
+		}
+		byTopic[ev.Topic] = append(byTopic[ev.Topic], ce)
+	}
+	if err := p.publish(ctx, byTopic); err != nil {
+		return err
+	}
+	p.m.published.Add(float64(len(events)))
+	return nil
+}
+
+// deleteLater deletes the published outbox rows ids within deleteFlushMs, together with the rows of
+// other rounds. Should that fail, the rows stay and are published again (consumers dedup by id).
+func (p *publisher) deleteLater(ids []int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.published = append(p.published, ids...)
+	if p.flush == nil {
+		p.flush = time.AfterFunc(deleteFlushMs*time.Millisecond, p.deletePublished)
+	}
+}
+
+func (p *publisher) deletePublished() {
+	p.mu.Lock()
+	ids := p.published
+	p.published, p.flush = nil, nil
+	p.mu.Unlock()
+	if len(ids) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), publishTimeoutMs*time.Millisecond)
+	defer cancel()
+	if _, err := p.pool.Exec(ctx, `DELETE FROM ledger.outbox WHERE id = ANY($1)`, ids); err != nil {
+		p.log.Warnw("deleting published outbox rows failed; they will be published again", "rows", len(ids), "error", err)
+	}
+}
+
+// run sweeps the outbox for rows left behind every sweep interval (and at once), until ctx ends. A
+// failed sweep is retried with bounded exponential backoff; rows stay in the outbox meanwhile, so
+// nothing is lost, only delayed.
 func (p *publisher) run(ctx context.Context) error {
 	ticker := time.NewTicker(p.sweep)
 	defer ticker.Stop()
 	backoff := publishBackoffMinMs * time.Millisecond
 	for {
-		err := p.drain(ctx)
+		err := p.drain(ctx, time.Now().Add(-outboxStaleMs*time.Millisecond))
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -155,7 +205,6 @@ func (p *publisher) run(ctx context.Context) error {
 		case <-ctx.Done():
 			timer.Stop()
 			return nil
-		case <-p.kick:
 		case <-ticker.C:
 		case <-timer.C:
 		}
@@ -163,20 +212,20 @@ func (p *publisher) run(ctx context.Context) error {
 	}
 }
 
-// drain publishes batches until the outbox is empty.
-func (p *publisher) drain(ctx context.Context) error {
+// drain publishes batches until the outbox holds no row created before before (zero: no row).
+func (p *publisher) drain(ctx context.Context, before time.Time) error {
 	for {
-		n, err := p.publishBatch(ctx)
+		n, err := p.publishBatch(ctx, before)
 		if err != nil || n < outboxBatchMax {
 			return err
 		}
 	}
 }
 
-// publishBatch publishes up to outboxBatchMax rows, oldest first, and deletes them once Kafka has
-// acknowledged them all. A crash in between publishes them again: consumers dedup by event id. It
+// publishBatch publishes up to outboxBatchMax rows created before before (zero: any), oldest first,
+// and deletes them once Kafka has acknowledged them all. A crash in between publishes them again: consumers dedup by event id. It
 // takes two database round trips: BEGIN, the publishers' lock and the read; then DELETE and COMMIT.
-func (p *publisher) publishBatch(ctx context.Context) (int, error) {
+func (p *publisher) publishBatch(ctx context.Context, before time.Time) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, publishTimeoutMs*time.Millisecond)
 	defer cancel()
 	conn, err := p.pool.Acquire(ctx)
@@ -184,7 +233,7 @@ func (p *publisher) publishBatch(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("publish outbox: %w", err)
 	}
 	defer conn.Release()
-	n, err := p.publishOn(ctx, conn.Conn())
+	n, err := p.publishOn(ctx, conn.Conn(), before)
 	if err != nil && conn.Conn().PgConn().TxStatus() != 'I' {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeoutMs*time.Millisecond)
 		_, _ = conn.Exec(rctx, "ROLLBACK")
@@ -193,14 +242,18 @@ func (p *publisher) publishBatch(ctx context.Context) (int, error) {
 	return n, err
 }
 
-func (p *publisher) publishOn(ctx context.Context, c *pgx.Conn) (int, error) {
+func (p *publisher) publishOn(ctx context.Context, c *pgx.Conn, before time.Time) (int, error) {
+	var cutoff *time.Time // nil: every row
+	if !before.IsZero() {
+		cutoff = &before
+	}
 	var ids []int64
 	byTopic := map[string][]cloudevents.Event{}
 	b := &pgx.Batch{}
 	b.Queue(`BEGIN`)
 	b.Queue(`SELECT pg_advisory_xact_lock($1)`, int64(outboxAdvisoryLockID))
 	b.Queue(`SELECT id, topic, event_type, event_id, partition_key, data, created_at
-		FROM ledger.outbox ORDER BY id LIMIT $1`, outboxBatchMax).Query(func(rows pgx.Rows) error {
+		FROM ledger.outbox WHERE $2::timestamptz IS NULL OR created_at < $2 ORDER BY id LIMIT $1`, outboxBatchMax, cutoff).Query(func(rows pgx.Rows) error {
 		var err error
 		ids, byTopic, err = readOutbox(rows)
 		return err

@@ -1,14 +1,12 @@
 package ledger
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/shopspring/decimal"
 
 	"github.com/kawase-fx/kawase/eventing"
@@ -17,13 +15,6 @@ import (
 
 // errAccountNotFound marks a command or query for an account the ledger does not have.
 var errAccountNotFound = errors.New("account not found")
-
-// querier is what the store needs of a connection or transaction.
-type querier interface {
-	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
-	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
-}
 
 // commandContext is what a command needs read under the account's lock.
 type commandContext struct {
@@ -36,16 +27,15 @@ type commandContext struct {
 	foreign bool
 }
 
-// beginCommand opens the command's transaction and, in the same round trip, locks the account's row
-// (so the commands of one account are applied one after another) and then reads the inbox entry of
-// the command, the account's positions, the order the command names and whether its client order id
-// is taken. The reads come after the lock in the pipeline, so under READ COMMITTED they see whatever
-// the transaction that held the lock before committed.
-func beginCommand(ctx context.Context, c querier, cmd *eventing.OrderCommandV1) (commandContext, error) {
-	var cc commandContext
+// queueReads queues, into a round's first batch (after its BEGIN), what cmd needs read: the lock of
+// the account's row (so the commands of one account are applied one after another), then the inbox
+// entry of the command, the account's positions, the order the command names and whether its client
+// order id is taken. The reads come after the lock in the pipeline, so under READ COMMITTED they see
+// whatever the transaction that held the lock before committed. The returned context is filled in
+// when the batch is read.
+func queueReads(b *pgx.Batch, cmd *eventing.OrderCommandV1) *commandContext {
+	cc := &commandContext{}
 	a := &accountState{ID: cmd.AccountID, Positions: make(map[fx.Pair]position)}
-	b := &pgx.Batch{}
-	b.Queue(`BEGIN`)
 	b.Queue(`SELECT currency, balance, tx_seq, exec_seq, order_seq, created_at
 		FROM ledger.accounts WHERE id = $1 AND kind = 'customer' FOR UPDATE`, cmd.AccountID).QueryRow(func(row pgx.Row) error {
 		err := row.Scan(&a.Currency, &a.Balance, &a.TxSeq, &a.ExecSeq, &a.OrderSeq, &a.CreatedAt)
@@ -106,10 +96,7 @@ func beginCommand(ctx context.Context, c querier, cmd *eventing.OrderCommandV1) 
 			return row.Scan(&cc.target.ClientOrderIDTaken)
 		})
 	}
-	if err := c.SendBatch(ctx, b).Close(); err != nil {
-		return commandContext{}, fmt.Errorf("begin command %s: %w", cmd.CommandID, err)
-	}
-	return cc, nil
+	return cc
 }
 
 // orderSelect selects an order with its execution id; scanOrder reads it.
@@ -134,10 +121,9 @@ func scanOrder(row pgx.Row) (*order, error) {
 	return &o, nil
 }
 
-// writeEffects stores everything a command changed, its inbox entry and its outbox events, and
-// commits, in one round trip.
-func writeEffects(ctx context.Context, tx querier, a *accountState, cmd *eventing.OrderCommandV1, eff effects, events []outboxEvent) error {
-	b := &pgx.Batch{}
+// queueWrites queues, into a round's second batch, everything a command changed, its inbox entry and
+// its outbox events; the ids of the outbox rows are appended to *outboxIDs when the batch is read.
+func queueWrites(b *pgx.Batch, a *accountState, cmd *eventing.OrderCommandV1, eff effects, events []outboxEvent, outboxIDs *[]int64) error {
 	b.Queue(`UPDATE ledger.accounts SET balance = $2, tx_seq = $3, exec_seq = $4, order_seq = $5 WHERE id = $1`,
 		a.ID, a.Balance, a.TxSeq, a.ExecSeq, a.OrderSeq)
 	for _, o := range eff.NewOrders {
@@ -169,17 +155,20 @@ func writeEffects(ctx context.Context, tx querier, a *accountState, cmd *eventin
 			a.ID, pair, p.Units, p.AveragePrice, eff.Result.DecidedAt)
 	}
 	queueTransactions(b, eff.Transactions)
-	result, err := json.Marshal(eff.Result)
+	return queueInboxAndOutbox(b, cmd, eff.Result, events, outboxIDs)
+}
+
+// queueInboxAndOutbox queues the inbox entry of cmd (its first result) and its outbox events. A
+// command recorded meanwhile by another replica makes the inbox insert fail, and with it the round;
+// the command's retry then finds the entry and answers it.
+func queueInboxAndOutbox(b *pgx.Batch, cmd *eventing.OrderCommandV1, res eventing.OrderResultV1, events []outboxEvent, outboxIDs *[]int64) error {
+	result, err := json.Marshal(res)
 	if err != nil {
 		return fmt.Errorf("encode result of %s: %w", cmd.CommandID, err)
 	}
 	b.Queue(`INSERT INTO ledger.inbox (command_id, account_id, kind, result) VALUES ($1, $2, $3, $4)`,
 		cmd.CommandID, cmd.AccountID, cmd.Kind, result)
-	queueOutbox(b, events)
-	b.Queue(`COMMIT`)
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return fmt.Errorf("write command %s: %w", cmd.CommandID, err)
-	}
+	queueOutbox(b, events, outboxIDs)
 	return nil
 }
 
@@ -196,10 +185,18 @@ func queueTransactions(b *pgx.Batch, txs []transaction) {
 	}
 }
 
-func queueOutbox(b *pgx.Batch, events []outboxEvent) {
+func queueOutbox(b *pgx.Batch, events []outboxEvent, ids *[]int64) {
 	for _, ev := range events {
 		b.Queue(`INSERT INTO ledger.outbox (topic, event_type, event_id, partition_key, data, created_at)
-			VALUES ($1, $2, $3, $4, $5, $6)`, ev.Topic, ev.Type, ev.ID, ev.Key, ev.Data, ev.CreatedAt)
+			VALUES ($1, $2, $3, $4, $5, $6) RETURNING id`, ev.Topic, ev.Type, ev.ID, ev.Key, ev.Data, ev.CreatedAt).
+			QueryRow(func(row pgx.Row) error {
+				var id int64
+				if err := row.Scan(&id); err != nil {
+					return fmt.Errorf("outbox row of %s: %w", ev.ID, err)
+				}
+				*ids = append(*ids, id)
+				return nil
+			})
 	}
 }
 
@@ -210,42 +207,8 @@ func nullDecimal(d *decimal.Decimal) decimal.NullDecimal {
 	return decimal.NullDecimal{Decimal: *d, Valid: true}
 }
 
-// recordUnknownAccount records, for a command about an account the ledger does not have, the
-// rejection in the inbox (first result wins) and its result event, and commits.
-func recordUnknownAccount(ctx context.Context, tx querier, cmd *eventing.OrderCommandV1, now time.Time) (eventing.OrderResultV1, bool, error) {
-	res := eventing.OrderResultV1{CommandID: cmd.CommandID, AccountID: cmd.AccountID, OrderID: cmd.OrderID,
+// unknownAccountResult is the result of a command about an account the ledger does not have.
+func unknownAccountResult(cmd *eventing.OrderCommandV1, now time.Time) eventing.OrderResultV1 {
+	return eventing.OrderResultV1{CommandID: cmd.CommandID, AccountID: cmd.AccountID, OrderID: cmd.OrderID,
 		Status: eventing.ResultRejected, Reason: ReasonAccountNotFound, DecidedAt: now}
-	raw, err := json.Marshal(res)
-	if err != nil {
-		return res, false, fmt.Errorf("encode result of %s: %w", cmd.CommandID, err)
-	}
-	tag, err := tx.Exec(ctx, `INSERT INTO ledger.inbox (command_id, account_id, kind, result) VALUES ($1, $2, $3, $4)
-		ON CONFLICT (command_id) DO NOTHING`, cmd.CommandID, cmd.AccountID, cmd.Kind, raw)
-	if err != nil {
-		return res, false, fmt.Errorf("record command %s: %w", cmd.CommandID, err)
-	}
-	if tag.RowsAffected() == 0 {
-		var prior eventing.OrderResultV1
-		if err := tx.QueryRow(ctx, `SELECT result FROM ledger.inbox WHERE command_id = $1`, cmd.CommandID).Scan(&raw); err != nil {
-			return res, false, fmt.Errorf("read inbox of %s: %w", cmd.CommandID, err)
-		}
-		if err := json.Unmarshal(raw, &prior); err != nil {
-			return res, false, fmt.Errorf("decode inbox result of %s: %w", cmd.CommandID, err)
-		}
-		if _, err := tx.Exec(ctx, "COMMIT"); err != nil {
-			return res, false, fmt.Errorf("record command %s: %w", cmd.CommandID, err)
-		}
-		return prior, true, nil
-	}
-	events, err := resultEvents(res, nil, now)
-	if err != nil {
-		return res, false, err
-	}
-	b := &pgx.Batch{}
-	queueOutbox(b, events)
-	b.Queue(`COMMIT`)
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return res, false, fmt.Errorf("write command %s: %w", cmd.CommandID, err)
-	}
-	return res, false, nil
 }
