@@ -53,10 +53,13 @@ type Topic struct {
 	Retention time.Duration
 }
 
-// Partition counts. Rates are keyed by pair (50 pairs), commands and executions by account; the ledger
-// scales up to the commands topic's partition count.
+// Partition counts. Rates are keyed by pair (up to 50 pairs): ordered delivery keeps one rate per
+// partition in flight to the ratekeeper, so the partition count is its concurrency, and 10 partitions
+// proved too few to keep up with 1,000 rates/s on a busy machine. Commands and executions are keyed by
+// account; the ledger scales up to the commands topic's partition count. A count applies when a topic
+// is created: an existing topic keeps its partitions.
 const (
-	ratesPartitionCount       = 10
+	ratesPartitionCount       = 50
 	commandsPartitionCount    = 12
 	resultsPartitionCount     = 12
 	executionsPartitionCount  = 12

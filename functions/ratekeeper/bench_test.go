@@ -16,7 +16,7 @@ import (
 
 // benchPartitions is how many deliveries Knative keeps in flight against the keeper: one per
 // partition of kawase.rates.
-const benchPartitions = 10
+const benchPartitions = 50
 
 // BenchmarkProcessRates delivers b.N new rates over HTTP as the ordered KafkaSource does — one in
 // flight per partition, benchPartitions partitions at once, each partition its own pairs — into a
@@ -49,10 +49,11 @@ func runDeliveries(b *testing.B, cfg ratekeeper.Config, perS int) {
 	pairs := fx.Pairs()
 	base := time.Now().UTC().Add(-time.Hour)
 	perPartition := (b.N + benchPartitions - 1) / benchPartitions
+	pairsPerPartition := max(1, len(pairs)/benchPartitions) // each partition its own pairs
 	events := make([][]cloudevents.Event, benchPartitions)
 	for p := range benchPartitions {
 		for i := range perPartition {
-			spec := pairs[(p+benchPartitions*(i%5))%len(pairs)] // five pairs per partition
+			spec := pairs[(p+benchPartitions*(i%pairsPerPartition))%len(pairs)]
 			events[p] = append(events[p], rateEvent(b, withEpoch(quote(spec.Pair, i, base, time.Millisecond), 1)))
 		}
 	}

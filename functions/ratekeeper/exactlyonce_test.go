@@ -112,8 +112,15 @@ func publishOverlappingLeaders(ctx context.Context, t *testing.T, brokers []stri
 func readTopic(ctx context.Context, t *testing.T, brokers []string, topic string) [][]cloudevents.Event {
 	t.Helper()
 	client := &kafka.Client{Addr: kafka.TCP(brokers...)}
+	count := 0
+	for _, tp := range eventing.Topics() {
+		if tp.Name == topic {
+			count = tp.Partitions
+		}
+	}
+	mustf(t, count > 0, "topic %s is not in the catalogue", topic)
 	var reqs []kafka.OffsetRequest
-	for p := range 10 {
+	for p := range count {
 		reqs = append(reqs, kafka.FirstOffsetOf(p), kafka.LastOffsetOf(p))
 	}
 	offs, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
