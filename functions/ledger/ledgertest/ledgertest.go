@@ -37,6 +37,9 @@ const (
 	heldPollMs        = 10
 	commitQueueMax    = 1024
 	partitionQueueMax = 64
+	// idleConnsMax keeps a connection per partition delivering at once (http.DefaultClient keeps two
+	// per host, so most deliveries would dial anew).
+	idleConnsMax = 64
 )
 
 // Dispatcher delivers the records of a topic to a CloudEvents sink over HTTP with Knative's ordered
@@ -47,7 +50,8 @@ type Dispatcher struct {
 	Topic   string
 	Group   string
 	// URL is the sink (the ledger's POST /).
-	URL    string
+	URL string
+	// Client posts the deliveries; nil: one that keeps a connection per partition.
 	Client *http.Client
 	// Delivered and DeadLettered count records by outcome.
 	Delivered, DeadLettered atomic.Int64
@@ -64,7 +68,9 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	defer r.Close()
 	client := d.Client
 	if client == nil {
-		client = http.DefaultClient
+		tr := &http.Transport{MaxIdleConns: idleConnsMax, MaxIdleConnsPerHost: idleConnsMax}
+		defer tr.CloseIdleConnections()
+		client = &http.Client{Transport: tr}
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
