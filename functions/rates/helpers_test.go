@@ -201,6 +201,12 @@ type response struct {
 
 func get(t *testing.T, url string, header ...string) response {
 	t.Helper()
+	return getWith(t, http.DefaultClient, url, header...)
+}
+
+// getWith is get through hc.
+func getWith(t *testing.T, hc *http.Client, url string, header ...string) response {
+	t.Helper()
 	req, err := http.NewRequest(http.MethodGet, url, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -208,7 +214,7 @@ func get(t *testing.T, url string, header ...string) response {
 	for i := 0; i+1 < len(header); i += 2 {
 		req.Header.Set(header[i], header[i+1])
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
