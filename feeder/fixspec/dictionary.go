@@ -237,7 +237,8 @@ func compileMember(fd *datadictionary.FieldDef) *member {
 // Check splits a raw message (one quickfixgo framed and parsed) into fields, reusing buf's storage,
 // and checks it against the dictionary. A problem is reported as the session-level Reject quickfixgo's
 // validator would answer with; checks run in that validator's order (message type, required fields,
-// field order, field values, structure), so the first problem is the one it would report.
+// field order, field values, structure), so the reject is the one that validator gives: the tests
+// compare the two over many ways of breaking one field of each message type the feeder receives.
 func (d *Dictionary) Check(raw []byte, buf []Field) (Message, quickfix.MessageRejectError) {
 	fields, err := split(raw, buf[:0])
 	if err != nil {
