@@ -105,11 +105,11 @@ func (ev outboxEvent) toCloudEvent() (cloudevents.Event, error) {
 // all replicas take turns under one advisory lock; an account's rows are inserted under its row lock,
 // so in id order its events are in the order they were decided.
 type publisher struct {
-	pool    *pgxpool.Pool
-	writers map[string]*kafka.Writer
-	sweep   time.Duration
-	log     *zap.SugaredLogger
-	m       *metrics
+	pool     *pgxpool.Pool
+	producer *cekafka.Producer
+	sweep    time.Duration
+	log      *zap.SugaredLogger
+	m        *metrics
 
 	mu        sync.Mutex
 	published []int64
@@ -117,14 +117,10 @@ type publisher struct {
 }
 
 func newPublisher(pool *pgxpool.Pool, brokers []string, sweep time.Duration, log *zap.SugaredLogger, m *metrics) *publisher {
-	return &publisher{pool: pool, sweep: sweep, log: log, m: m,
-		writers: map[string]*kafka.Writer{
-			eventing.TopicOrderResults: cekafka.NewWriter(brokers, eventing.TopicOrderResults),
-			eventing.TopicExecutions:   cekafka.NewWriter(brokers, eventing.TopicExecutions),
-		}}
+	return &publisher{pool: pool, sweep: sweep, log: log, m: m, producer: cekafka.NewProducer(brokers)}
 }
 
-// close deletes the rows published so far and releases the Kafka writers.
+// close deletes the rows published so far and releases the Kafka connections.
 func (p *publisher) close() {
 	p.mu.Lock()
 	if p.flush != nil {
@@ -132,9 +128,7 @@ func (p *publisher) close() {
 	}
 	p.mu.Unlock()
 	p.deletePublished()
-	for _, w := range p.writers {
-		_ = w.Close()
-	}
+	p.producer.Close()
 }
 
 // publishEvents publishes the events of committed commands (each topic's in order).
@@ -303,24 +297,23 @@ func readOutbox(rows pgx.Rows) ([]int64, map[string][]cloudevents.Event, error) 
 	return ids, byTopic, nil
 }
 
-// publish writes each topic's events (in order) to Kafka, the topics concurrently.
+// publish writes the events (each topic's in order) to Kafka in one go.
 func (p *publisher) publish(ctx context.Context, byTopic map[string][]cloudevents.Event) error {
-	var wg sync.WaitGroup
-	errs := make(chan error, len(byTopic))
+	var msgs []kafka.Message
 	for topic, events := range byTopic {
-		w, ok := p.writers[topic]
-		if !ok {
+		if topic != eventing.TopicOrderResults && topic != eventing.TopicExecutions {
 			panic("ledger: outbox row for topic " + topic + " the ledger does not write")
 		}
-		wg.Go(func() {
-			if err := cekafka.Publish(ctx, w, events...); err != nil {
-				errs <- err
+		for _, e := range events {
+			m, err := cekafka.ToMessage(e)
+			if err != nil {
+				return fmt.Errorf("publish outbox: %w", err)
 			}
-		})
+			m.Topic = topic
+			msgs = append(msgs, m)
+		}
 	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
+	if err := p.producer.WriteMessages(ctx, msgs...); err != nil {
 		return fmt.Errorf("publish outbox: %w", err)
 	}
 	return nil

@@ -22,7 +22,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/kawase-fx/kawase/eventing"
-	"github.com/kawase-fx/kawase/eventing/cekafka"
 	"github.com/kawase-fx/kawase/eventing/observe"
 	ledgerv1 "github.com/kawase-fx/kawase/proto/ledger/v1"
 )
@@ -517,7 +516,7 @@ func (s *Service) submit(w http.ResponseWriter, ctx context.Context, cmd *eventi
 	defer stop()
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishTimeoutMs*time.Millisecond)
 	defer cancel()
-	if err := cekafka.Publish(pctx, s.commands, ev); err != nil {
+	if err := s.commands.Publish(pctx, eventing.TopicCommands, ev); err != nil {
 		s.log.Warnw("publishing a command failed", "command", cmd.CommandID, "error", err)
 		observe.WriteProblem(w, observe.Problem{Status: http.StatusServiceUnavailable, Code: "commands_unavailable",
 			Title: "the order could not be submitted; retry", Detail: "retry with the same Idempotency-Key"})

@@ -26,10 +26,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/segmentio/kafka-go"
 	"go.uber.org/zap"
 
-	"github.com/kawase-fx/kawase/eventing"
 	"github.com/kawase-fx/kawase/eventing/cekafka"
 	"github.com/kawase-fx/kawase/eventing/pgdb"
 	ledgerv1 "github.com/kawase-fx/kawase/proto/ledger/v1"
@@ -112,7 +110,7 @@ type Service struct {
 	cfg      Config
 	pool     *pgxpool.Pool
 	ledger   ledgerv1.LedgerServiceClient
-	commands *kafka.Writer
+	commands *cekafka.Producer
 	results  *resultTail
 	keys     *keyCache
 	limits   *limiter
@@ -134,7 +132,7 @@ func New(cfg Config, d Deps) (*Service, error) {
 		return nil, err
 	}
 	s := &Service{cfg: cfg, pool: d.Pool, ledger: d.Ledger, log: d.Log, m: m,
-		commands: cekafka.NewWriter(d.Brokers, eventing.TopicCommands),
+		commands: cekafka.NewProducer(d.Brokers),
 		results:  newResultTail(d.Brokers, d.Log),
 		keys:     newKeyCache(),
 		limits:   newLimiter(cfg.RatePerSecond, cfg.RateBurst)}
@@ -176,8 +174,8 @@ func (s *Service) Ready(context.Context) error {
 	return nil
 }
 
-// Close releases the Kafka writer.
-func (s *Service) Close() { _ = s.commands.Close() }
+// Close releases the Kafka producer.
+func (s *Service) Close() { s.commands.Close() }
 
 // metrics are the trading function's Prometheus instruments.
 type metrics struct {
