@@ -1,6 +1,8 @@
 package feeder
 
 import (
+	"bytes"
+	"math"
 	"strconv"
 	"time"
 
@@ -24,6 +26,8 @@ const (
 	ceHeaderPartitionKey = "ce_" + eventing.ExtensionPartitionKey
 	// rateValueBytesMax is room for a rate's JSON payload, so it is written without growing.
 	rateValueBytesMax = 512
+	// decimalFracDigitsMax bounds the exponents appendDecimalString writes itself.
+	decimalFracDigitsMax = 18
 )
 
 // rateEncoder renders rates as binary-mode kawase.rate.v1 CloudEvent records: byte for byte what
@@ -135,11 +139,49 @@ func appendTime(b []byte, t time.Time) []byte {
 // appendDecimal writes d as decimal.Decimal's MarshalJSON does.
 func appendDecimal(b []byte, d decimal.Decimal) []byte {
 	if decimal.MarshalJSONWithoutQuotes {
-		return append(b, d.String()...)
+		return appendDecimalString(b, d)
 	}
 	b = append(b, '"')
-	b = append(b, d.String()...)
+	b = appendDecimalString(b, d)
 	return append(b, '"')
+}
+
+// appendDecimalString writes d as decimal.Decimal's String does (no exponent, no trailing zeros after
+// the point), from its coefficient when that fits an int64 and the exponent is small.
+func appendDecimalString(b []byte, d decimal.Decimal) []byte {
+	c, exp := d.Coefficient(), int(d.Exponent())
+	if !c.IsInt64() || exp > 0 || exp < -decimalFracDigitsMax {
+		return append(b, d.String()...)
+	}
+	n := c.Int64()
+	if n < 0 {
+		if n == math.MinInt64 {
+			return append(b, d.String()...)
+		}
+		b = append(b, '-')
+		n = -n
+	}
+	var buf [20]byte
+	digits := strconv.AppendInt(buf[:0], n, 10)
+	frac := -exp
+	intPart, zeros, fracPart := digits, 0, digits[:0]
+	if frac > 0 {
+		if len(digits) > frac {
+			intPart, fracPart = digits[:len(digits)-frac], digits[len(digits)-frac:]
+		} else {
+			intPart, zeros, fracPart = []byte{'0'}, frac-len(digits), digits
+		}
+	}
+	fracPart = bytes.TrimRight(fracPart, "0")
+	b = append(b, intPart...)
+	if len(fracPart) == 0 {
+		return b
+	}
+	b = append(b, '.')
+	for range zeros {
+		b = append(b, '0')
+	}
+	return append(b, fracPart...)
 }
 
 // encodeRate renders a validated rate as a binary-mode CloudEvent record keyed by pair, the general

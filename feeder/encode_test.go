@@ -2,6 +2,7 @@ package feeder
 
 import (
 	"bytes"
+	"math"
 	"math/rand/v2"
 	"reflect"
 	"slices"
@@ -122,4 +123,24 @@ func headers(hs []kafka.Header) string {
 		b.WriteString(h.Key + "=" + string(h.Value) + " ")
 	}
 	return b.String()
+}
+
+// TestAppendDecimalMatchesString holds appendDecimalString to decimal.Decimal's String.
+func TestAppendDecimalMatchesString(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	ds := []decimal.Decimal{decimal.Zero, decimal.New(0, -5), decimal.New(-1, -3), decimal.New(5, 3),
+		decimal.RequireFromString("123456789012345678901234567890.5"), decimal.New(math.MinInt64, -2),
+		decimal.New(math.MaxInt64, -25), decimal.RequireFromString("-0.000"), decimal.RequireFromString("1.08500")}
+	for range 20000 {
+		n := rng.Int64N(1<<uint(rng.IntN(62)+1)) + rng.Int64N(2)
+		if rng.IntN(4) == 0 {
+			n = -n
+		}
+		ds = append(ds, decimal.New(n, int32(rng.IntN(30)-24)))
+	}
+	for _, d := range ds {
+		if got, want := string(appendDecimalString(nil, d)), d.String(); got != want {
+			t.Errorf("%s (coefficient %s, exponent %d): got %s", want, d.Coefficient(), d.Exponent(), got)
+		}
+	}
 }
