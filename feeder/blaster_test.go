@@ -27,6 +27,8 @@ type blaster struct {
 	w    *bufio.Writer
 	seq  int
 	next int
+	// msg, head and body are reused message after message.
+	msg, head, body []byte
 }
 
 // blastPair is the fixed part of one pair's quotes.
@@ -114,21 +116,33 @@ func (bl *blaster) connected() bool {
 
 // write frames one message: header, body, CheckSum.
 func (bl *blaster) write(msgType, body string, now time.Time) {
-	var b bytes.Buffer
-	b.WriteString("35=" + msgType + "\x0134=" + strconv.Itoa(bl.seq) + "\x0149=" + fixspec.DefaultProviderCompID +
-		"\x0152=" + now.UTC().Format(blastSendingTimeLayout) + "\x0156=" + fixspec.DefaultFeederCompID + "\x01" + body)
+	bl.writeBytes(msgType, []byte(body), now.UTC().AppendFormat(nil, blastSendingTimeLayout))
+}
+
+// writeBytes frames one message with a preformatted SendingTime, reusing the blaster's buffers so
+// that the provider takes as little of the machine it shares with the feeder as it can.
+func (bl *blaster) writeBytes(msgType string, body, sendingTime []byte) {
+	b := append(bl.msg[:0], "35="...)
+	b = append(b, msgType...)
+	b = strconv.AppendInt(append(b, "\x0134="...), int64(bl.seq), 10)
+	b = append(b, "\x0149="+fixspec.DefaultProviderCompID+"\x0152="...)
+	b = append(b, sendingTime...)
+	b = append(b, "\x0156="+fixspec.DefaultFeederCompID+"\x01"...)
+	b = append(b, body...)
 	bl.seq++
-	head := "8=" + fixspec.BeginString + "\x019=" + strconv.Itoa(b.Len()) + "\x01"
+	head := strconv.AppendInt(append(bl.head[:0], "8="+fixspec.BeginString+"\x019="...), int64(len(b)), 10)
+	head = append(head, '\x01')
 	sum := 0
-	for _, c := range []byte(head) {
+	for _, c := range head {
 		sum += int(c)
 	}
-	for _, c := range b.Bytes() {
+	for _, c := range b {
 		sum += int(c)
 	}
-	_, _ = bl.w.WriteString(head)
-	_, _ = bl.w.Write(b.Bytes())
+	_, _ = bl.w.Write(head)
+	_, _ = bl.w.Write(b)
 	_, _ = bl.w.WriteString("10=" + leftPad3(sum%256) + "\x01")
+	bl.msg, bl.head = b, head
 }
 
 func leftPad3(n int) string {
@@ -144,14 +158,24 @@ func (bl *blaster) send(n int) {
 	bl.mu.Lock()
 	defer bl.mu.Unlock()
 	now := time.Now().UTC()
-	date, clock := now.Format("20060102"), now.Format("15:04:05.000")
+	sendingTime := now.AppendFormat(nil, blastSendingTimeLayout)
+	side := "\x01271=1000000\x01272=" + now.Format("20060102") + "\x01273=" + now.Format("15:04:05.000") + "\x01299="
 	for range n {
 		p := &bl.pairs[bl.next%len(bl.pairs)]
 		bl.next++
 		p.quoteID++
-		id := strconv.Itoa(p.quoteID)
-		side := "\x01271=1000000\x01272=" + date + "\x01273=" + clock + "\x01299=" + id + "\x01"
-		bl.write("W", "262=blast\x0155="+p.symbol+"\x01268=2\x01269=0\x01270="+p.bid+side+"269=1\x01270="+p.ask+side, now)
+		body := append(bl.body[:0], "262=blast\x0155="...)
+		body = append(body, p.symbol...)
+		body = append(body, "\x01268=2"...)
+		for _, e := range [...]struct{ typ, px string }{{"0", p.bid}, {"1", p.ask}} {
+			body = append(append(append(body, "\x01269="...), e.typ...), "\x01270="...)
+			body = append(body, e.px...)
+			body = append(body, side...)
+			body = strconv.AppendInt(body, int64(p.quoteID), 10)
+		}
+		body = append(body, '\x01')
+		bl.writeBytes("W", body, sendingTime)
+		bl.body = body
 	}
 	_ = bl.w.Flush()
 }
