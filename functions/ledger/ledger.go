@@ -240,7 +240,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		commandErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "kawase_ledger_command_errors_total",
 			Help: "Commands that failed transiently and will be redelivered."}),
 		applySeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "kawase_ledger_apply_seconds",
-			Help: "Time to apply one command, database transaction included.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+			Help: "Time from a command's arrival to its answer: its round's transaction and the publishing of its events.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 		published: prometheus.NewCounter(prometheus.CounterOpts{Name: "kawase_ledger_outbox_published_total",
 			Help: "Outbox events published to Kafka."}),
 		publishErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "kawase_ledger_outbox_publish_errors_total",
