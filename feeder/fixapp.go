@@ -32,7 +32,8 @@ const (
 	eventParseError    = "Msg Parse Error"
 	eventDialFailed    = "Failed to connect"
 	eventTLSFailed     = "Failed handshake"
-	logoutMarker       = "\x0135=5\x01"
+	msgTypeMarker      = "\x0135="
+	logoutMsgType      = "5\x01"
 	textFieldMarker    = "\x0158="
 	fieldSeparatorByte = '\x01'
 )
@@ -219,12 +220,19 @@ func (a *sessionApp) hooks() fixspec.LogHooks {
 			}
 		},
 		Incoming: func(_ quickfix.SessionID, raw []byte) {
-			if bytes.Contains(raw, []byte(logoutMarker)) {
+			if isLogout(raw) {
 				text := logoutTextOf(raw)
 				a.logoutText.Store(&text)
 			}
 		},
 	}
+}
+
+// isLogout reports whether a raw message is a Logout (35=5). MsgType(35) is the third field, so the
+// first "35=" after a separator is it: found without scanning the whole message.
+func isLogout(raw []byte) bool {
+	i := bytes.Index(raw, []byte(msgTypeMarker))
+	return i >= 0 && bytes.HasPrefix(raw[i+len(msgTypeMarker):], []byte(logoutMsgType))
 }
 
 // logoutTextOf extracts Text(58) from a raw Logout.
