@@ -188,7 +188,8 @@ func compareStrings(a, b string) int {
 	return 0
 }
 
-// commitOn applies reqs (sorted by account) in one transaction on c.
+// commitOn applies reqs (sorted by account) in one transaction on c: BEGIN and every command's reads;
+// then every command's writes, one statement per table for the round (see roundWrites), and COMMIT.
 func (l *Ledger) commitOn(ctx context.Context, c *pgx.Conn, reqs []*request) (*round, error) {
 	b := &pgx.Batch{}
 	b.Queue(`BEGIN`)
@@ -211,9 +212,9 @@ func (l *Ledger) commitOn(ctx context.Context, c *pgx.Conn, reqs []*request) (*r
 	}
 	now := time.Now().UTC()
 	r := &round{items: make([]roundItem, 0, len(reqs)), drain: oldest != nil && now.Sub(*oldest) > outboxStaleMs*time.Millisecond}
-	w := &pgx.Batch{}
+	var writes roundWrites
 	for i, req := range reqs {
-		item, events, err := l.decide(w, ccs[i], req.cmd, now, &r.rowIDs)
+		item, events, err := l.decide(&writes, ccs[i], req.cmd, now)
 		if err != nil {
 			return nil, err
 		}
@@ -222,6 +223,8 @@ func (l *Ledger) commitOn(ctx context.Context, c *pgx.Conn, reqs []*request) (*r
 		r.events = append(r.events, events...)
 		r.drain = r.drain || item.replay
 	}
+	w := &pgx.Batch{}
+	writes.queue(w, &r.rowIDs)
 	w.Queue(`COMMIT`)
 	if err := c.SendBatch(ctx, w).Close(); err != nil {
 		return nil, fmt.Errorf("write round: %w", err)
@@ -229,8 +232,8 @@ func (l *Ledger) commitOn(ctx context.Context, c *pgx.Conn, reqs []*request) (*r
 	return r, nil
 }
 
-// decide applies one command to what was read for it and queues its writes into w.
-func (l *Ledger) decide(w *pgx.Batch, cc *commandContext, cmd *eventing.OrderCommandV1, now time.Time, rowIDs *[]int64) (roundItem, []outboxEvent, error) {
+// decide applies one command to what was read for it and adds its writes to w.
+func (l *Ledger) decide(w *roundWrites, cc *commandContext, cmd *eventing.OrderCommandV1, now time.Time) (roundItem, []outboxEvent, error) {
 	if cc.prior != nil {
 		return roundItem{res: *cc.prior, replay: true}, nil, nil
 	}
@@ -240,7 +243,7 @@ func (l *Ledger) decide(w *pgx.Batch, cc *commandContext, cmd *eventing.OrderCom
 		if err != nil {
 			return roundItem{}, nil, err
 		}
-		if err := queueInboxAndOutbox(w, cmd, res, events, rowIDs); err != nil {
+		if err := w.addInbox(cmd, res, events); err != nil {
 			return roundItem{}, nil, err
 		}
 		return roundItem{res: res}, events, nil
@@ -256,7 +259,7 @@ func (l *Ledger) decide(w *pgx.Batch, cc *commandContext, cmd *eventing.OrderCom
 	if err != nil {
 		return roundItem{}, nil, err
 	}
-	if err := queueWrites(w, cc.acct, cmd, eff, events, rowIDs); err != nil {
+	if err := w.addEffects(cc.acct, cmd, eff, events); err != nil {
 		return roundItem{}, nil, err
 	}
 	return roundItem{res: eff.Result}, events, nil

@@ -121,57 +121,6 @@ func scanOrder(row pgx.Row) (*order, error) {
 	return &o, nil
 }
 
-// queueWrites queues, into a round's second batch, everything a command changed, its inbox entry and
-// its outbox events; the ids of the outbox rows are appended to *outboxIDs when the batch is read.
-func queueWrites(b *pgx.Batch, a *accountState, cmd *eventing.OrderCommandV1, eff effects, events []outboxEvent, outboxIDs *[]int64) error {
-	b.Queue(`UPDATE ledger.accounts SET balance = $2, tx_seq = $3, exec_seq = $4, order_seq = $5 WHERE id = $1`,
-		a.ID, a.Balance, a.TxSeq, a.ExecSeq, a.OrderSeq)
-	for _, o := range eff.NewOrders {
-		b.Queue(`INSERT INTO ledger.orders (id, account_id, seq, client_order_id, pair, side, units, type, price,
-			price_bound, time_in_force, good_till, status, reason, command_id, execution_id, created_at, updated_at)
-			VALUES ($1, $2, $3, nullif($4, ''), $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, nullif($16, ''), $17, $18)`,
-			o.ID, o.AccountID, o.Seq, o.ClientOrderID, o.Pair, o.Side, o.Units, o.Type, nullDecimal(o.Price),
-			nullDecimal(o.PriceBound), o.TimeInForce, o.GoodTill, o.Status, o.Reason, o.CommandID, o.ExecutionID,
-			o.CreatedAt, o.UpdatedAt)
-	}
-	for _, o := range eff.Updated {
-		b.Queue(`UPDATE ledger.orders SET status = $2, reason = $3, execution_id = nullif($4, ''), updated_at = $5
-			WHERE id = $1`, o.ID, o.Status, o.Reason, o.ExecutionID, o.UpdatedAt)
-	}
-	for _, x := range eff.Executions {
-		b.Queue(`INSERT INTO ledger.executions (id, account_id, account_seq, order_id, pair, side, units, price,
-			realized_pl, currency, reason, executed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
-			x.ID, x.AccountID, x.AccountSeq, x.OrderID, x.Pair, x.Side, x.Units, x.Price, x.RealizedPL, x.Currency,
-			x.Reason, x.ExecutedAt)
-	}
-	for pair, p := range eff.Positions {
-		if p.Units.IsZero() {
-			b.Queue(`DELETE FROM ledger.positions WHERE account_id = $1 AND pair = $2`, a.ID, pair)
-			continue
-		}
-		b.Queue(`INSERT INTO ledger.positions (account_id, pair, units, average_price, updated_at)
-			VALUES ($1, $2, $3, $4, $5) ON CONFLICT (account_id, pair)
-			DO UPDATE SET units = excluded.units, average_price = excluded.average_price, updated_at = excluded.updated_at`,
-			a.ID, pair, p.Units, p.AveragePrice, eff.Result.DecidedAt)
-	}
-	queueTransactions(b, eff.Transactions)
-	return queueInboxAndOutbox(b, cmd, eff.Result, events, outboxIDs)
-}
-
-// queueInboxAndOutbox queues the inbox entry of cmd (its first result) and its outbox events. A
-// command recorded meanwhile by another replica makes the inbox insert fail, and with it the round;
-// the command's retry then finds the entry and answers it.
-func queueInboxAndOutbox(b *pgx.Batch, cmd *eventing.OrderCommandV1, res eventing.OrderResultV1, events []outboxEvent, outboxIDs *[]int64) error {
-	result, err := json.Marshal(res)
-	if err != nil {
-		return fmt.Errorf("encode result of %s: %w", cmd.CommandID, err)
-	}
-	b.Queue(`INSERT INTO ledger.inbox (command_id, account_id, kind, result) VALUES ($1, $2, $3, $4)`,
-		cmd.CommandID, cmd.AccountID, cmd.Kind, result)
-	queueOutbox(b, events, outboxIDs)
-	return nil
-}
-
 func queueTransactions(b *pgx.Batch, txs []transaction) {
 	for _, t := range txs {
 		b.Queue(`INSERT INTO ledger.transactions (account_id, id, type, command_id, order_id, execution_id, pair, side,
@@ -182,21 +131,6 @@ func queueTransactions(b *pgx.Batch, txs []transaction) {
 			b.Queue(`INSERT INTO ledger.postings (entry_account, entry_tx, book, currency, amount, posted_at)
 				VALUES ($1, $2, $3, $4, $5, $6)`, t.AccountID, t.ID, p.Book, p.Currency, p.Amount, t.Time)
 		}
-	}
-}
-
-func queueOutbox(b *pgx.Batch, events []outboxEvent, ids *[]int64) {
-	for _, ev := range events {
-		b.Queue(`INSERT INTO ledger.outbox (topic, event_type, event_id, partition_key, data, created_at)
-			VALUES ($1, $2, $3, $4, $5, $6) RETURNING id`, ev.Topic, ev.Type, ev.ID, ev.Key, ev.Data, ev.CreatedAt).
-			QueryRow(func(row pgx.Row) error {
-				var id int64
-				if err := row.Scan(&id); err != nil {
-					return fmt.Errorf("outbox row of %s: %w", ev.ID, err)
-				}
-				*ids = append(*ids, id)
-				return nil
-			})
 	}
 }
 
