@@ -282,9 +282,11 @@ func (f *Feeder) lead(ctx context.Context, lease *Lease) error {
 }
 
 func (f *Feeder) newTerm(ctx context.Context, lease *Lease, pub *publisher) *term {
-	t := &term{ctx: ctx, lease: lease, pub: pub, pairs: make(map[fx.Pair]*pairState, len(f.cfg.Pairs))}
+	t := &term{ctx: ctx, lease: lease, pub: pub, pairs: make(map[fx.Pair]*pairState, len(f.cfg.Pairs)),
+		symbols: make(map[string]fx.Pair, len(f.cfg.Pairs))}
 	for _, p := range f.cfg.Pairs {
 		t.pairs[p] = &pairState{received: f.metrics.Received.WithLabelValues(string(p))}
+		t.symbols[fixspec.Symbol(p)] = p
 	}
 	return t
 }

@@ -45,6 +45,8 @@ type term struct {
 	lease *Lease
 	pub   *publisher
 	pairs map[fx.Pair]*pairState
+	// symbols are the subscribed pairs by FIX symbol.
+	symbols map[string]fx.Pair
 }
 
 // pairState is a pair's sequence within the term and its book (for incremental refreshes).
@@ -316,12 +318,12 @@ func (a *sessionApp) onBusinessReject(msg businessmessagereject.BusinessMessageR
 func (a *sessionApp) onSnapshot(msg *quickfix.Message, m fixspec.Message) {
 	symbol, book, err := snapshotBook(m.Body)
 	if err != nil {
-		a.invalidQuote(symbol, err)
+		a.invalidQuote(string(symbol), err)
 		return
 	}
 	ps, pair, err := a.pairOf(symbol)
 	if err != nil {
-		a.invalidQuote(symbol, err)
+		a.invalidQuote(string(symbol), err)
 		return
 	}
 	ps.received.Inc()
@@ -341,7 +343,7 @@ func (a *sessionApp) onIncremental(msg *quickfix.Message, m fixspec.Message) {
 	for _, u := range updates {
 		ps, pair, err := a.pairOf(u.symbol)
 		if err != nil {
-			a.invalidQuote(u.symbol, err)
+			a.invalidQuote(string(u.symbol), err)
 			continue
 		}
 		if u.action == enum.MDUpdateAction_DELETE {
@@ -359,8 +361,12 @@ func (a *sessionApp) onIncremental(msg *quickfix.Message, m fixspec.Message) {
 	}
 }
 
-func (a *sessionApp) pairOf(symbol string) (*pairState, fx.Pair, error) {
-	pair, err := fixspec.Pair(symbol)
+// pairOf finds the state of a subscribed pair by its FIX symbol, and says what is wrong with any other.
+func (a *sessionApp) pairOf(symbol []byte) (*pairState, fx.Pair, error) {
+	if pair, ok := a.t.symbols[string(symbol)]; ok {
+		return a.t.pairs[pair], pair, nil
+	}
+	pair, err := fixspec.Pair(string(symbol))
 	if err != nil {
 		return nil, "", err
 	}

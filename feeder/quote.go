@@ -57,11 +57,11 @@ func readSide(e fixspec.Fields) (enum.MDEntryType, quoteSide, error) {
 		return enum.MDEntryType(typ), s, errors.New("quote lacks MDEntryPx(270)")
 	}
 	var err error
-	if s.px, err = decimal.NewFromString(string(px)); err != nil {
+	if s.px, err = quoteDecimal(px); err != nil {
 		return enum.MDEntryType(typ), s, fmt.Errorf("MDEntryPx(270) %q: %w", px, err)
 	}
 	if size, ok := e.Get(tagMDEntrySize); ok {
-		s.size, _ = decimal.NewFromString(string(size)) // optional: a size that does not read is none
+		s.size, _ = quoteDecimal(size) // optional: a size that does not read is none
 	}
 	date, dok := e.Get(tagMDEntryDate)
 	clock, tok := e.Get(tagMDEntryTime)
@@ -77,6 +77,42 @@ func readSide(e fixspec.Fields) (enum.MDEntryType, quoteSide, error) {
 	}
 	s.quoteID = string(id)
 	return enum.MDEntryType(typ), s, nil
+}
+
+// quoteDigitsMax is the most digits quoteDecimal reads itself (an int64 holds any 18).
+const quoteDigitsMax = 18
+
+// quoteDecimal reads a price or size as decimal.NewFromString does, without the strings it builds:
+// digits with an optional minus and point directly, anything else through NewFromString.
+func quoteDecimal(b []byte) (decimal.Decimal, error) {
+	digits := b
+	if len(digits) > 0 && digits[0] == '-' {
+		digits = digits[1:]
+	}
+	var n int64
+	count, point := 0, -1
+	for i, c := range digits {
+		switch {
+		case c >= '0' && c <= '9':
+			n = n*10 + int64(c-'0')
+			count++
+		case c == '.' && point < 0 && i > 0 && i < len(digits)-1:
+			point = i
+		default:
+			return decimal.NewFromString(string(b))
+		}
+	}
+	if count == 0 || count > quoteDigitsMax {
+		return decimal.NewFromString(string(b))
+	}
+	exp := 0
+	if point >= 0 {
+		exp = point + 1 - len(digits)
+	}
+	if len(digits) < len(b) {
+		n = -n
+	}
+	return decimal.New(n, int32(exp)), nil
 }
 
 // Shapes of MDEntryDate(272) and MDEntryTime(273) entryTime reads itself.
@@ -138,25 +174,25 @@ func (b *topOfBook) apply(typ enum.MDEntryType, s quoteSide) {
 
 // snapshotBook reads a MarketDataSnapshotFullRefresh (35=W): Symbol(55) and the bid and offer
 // entries of NoMDEntries(268).
-func snapshotBook(body fixspec.Fields) (string, topOfBook, error) {
+func snapshotBook(body fixspec.Fields) ([]byte, topOfBook, error) {
 	symbol, ok := body.Get(tagSymbol)
 	if !ok {
-		return "", topOfBook{}, errors.New("quote lacks Symbol(55)")
+		return nil, topOfBook{}, errors.New("quote lacks Symbol(55)")
 	}
 	var b topOfBook
 	for e := range body.Entries(tagNoMDEntries) {
 		typ, s, err := readSide(e)
 		if err != nil {
-			return string(symbol), b, err
+			return symbol, b, err
 		}
 		b.apply(typ, s)
 	}
-	return string(symbol), b, nil
+	return symbol, b, nil
 }
 
-// bookUpdate is one entry of a MarketDataIncrementalRefresh.
+// bookUpdate is one entry of a MarketDataIncrementalRefresh; symbol aliases the message.
 type bookUpdate struct {
-	symbol string
+	symbol []byte
 	action enum.MDUpdateAction
 	typ    enum.MDEntryType
 	side   quoteSide
@@ -175,7 +211,7 @@ func incrementalUpdates(body fixspec.Fields) ([]bookUpdate, error) {
 		if !ok {
 			return nil, errors.New("update lacks MDUpdateAction(279)")
 		}
-		u := bookUpdate{symbol: string(symbol), action: enum.MDUpdateAction(action)}
+		u := bookUpdate{symbol: symbol, action: enum.MDUpdateAction(action)}
 		if u.action == enum.MDUpdateAction_DELETE {
 			typ, _ := e.Get(tagMDEntryType)
 			u.typ = enum.MDEntryType(typ)

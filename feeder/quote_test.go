@@ -4,6 +4,8 @@ import (
 	"math/rand/v2"
 	"testing"
 	"time"
+
+	"github.com/shopspring/decimal"
 )
 
 // TestEntryTimeMatchesTimeParse holds entryTime to time.Parse with mdEntryTimestampLayout: the same
@@ -32,6 +34,32 @@ func TestEntryTimeMatchesTimeParse(t *testing.T) {
 		want, wantErr := time.Parse(mdEntryTimestampLayout, c[0]+" "+c[1])
 		if (gotErr == nil) != (wantErr == nil) || !got.Equal(want) || got.Location() != want.Location() {
 			t.Errorf("%q %q: got %v, %v; time.Parse %v, %v", c[0], c[1], got, gotErr, want, wantErr)
+		}
+	}
+}
+
+// TestQuoteDecimalMatchesNewFromString holds quoteDecimal to decimal.NewFromString.
+func TestQuoteDecimalMatchesNewFromString(t *testing.T) {
+	cases := []string{"1.08501", "1.08500", "150.123", "1000000", "0", "-0", "-0.5", "007.50", "1.", ".5", "-", "",
+		"1..2", "1e5", "+1", "123456789012345678", "1234567890123456789", "12345678901234567.89", "-1.5", "1-2", "x"}
+	rng := rand.New(rand.NewPCG(9, 10))
+	const alphabet = "0123456789.-e+"
+	for range 20000 {
+		b := make([]byte, 1+rng.IntN(22))
+		for i := range b {
+			b[i] = alphabet[rng.IntN(len(alphabet))]
+			if rng.IntN(5) > 0 {
+				b[i] = byte('0' + rng.IntN(10))
+			}
+		}
+		cases = append(cases, string(b))
+	}
+	for _, c := range cases {
+		got, gotErr := quoteDecimal([]byte(c))
+		want, wantErr := decimal.NewFromString(c)
+		if (gotErr == nil) != (wantErr == nil) || got.Exponent() != want.Exponent() || got.Coefficient().Cmp(want.Coefficient()) != 0 {
+			t.Errorf("%q: got %v (%s e%d), %v; NewFromString %v (%s e%d), %v", c, got, got.Coefficient(), got.Exponent(),
+				gotErr, want, want.Coefficient(), want.Exponent(), wantErr)
 		}
 	}
 }
