@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"context"
 	"time"
 
 	"github.com/kawase-fx/kawase/eventing"
@@ -11,7 +12,7 @@ import (
 func (l *Ledger) ApplyTogether(cmds []*eventing.OrderCommandV1) ([]eventing.OrderResultV1, []error) {
 	reqs := make([]*request, len(cmds))
 	for i, c := range cmds {
-		reqs[i] = &request{cmd: c, started: time.Now(), done: make(chan reply, 1)}
+		reqs[i] = &request{ctx: context.Background(), cmd: c, started: time.Now(), done: make(chan reply, 1)}
 	}
 	l.applyRound(reqs)
 	res := make([]eventing.OrderResultV1, len(cmds))

@@ -39,8 +39,9 @@ const (
 // shortly after (see publisher.deleteLater); the periodic sweep publishes rows older than
 // outboxStaleMs that nothing else did.
 
-// request is one command waiting for its round.
+// request is one command waiting for its round; ctx is its caller's, who stops waiting when it ends.
 type request struct {
+	ctx     context.Context
 	cmd     *eventing.OrderCommandV1
 	started time.Time
 	done    chan reply
@@ -75,18 +76,18 @@ func (g *grouper) enqueue(req *request) bool {
 }
 
 // take removes the next round from the queue: up to groupCommandsMax requests, at most one per
-// account (later commands of an account wait, in order, for a later round). It returns nil and ends
-// the loop when the queue is empty.
+// account (later commands of an account wait, in order, for a later round). Requests whose caller
+// stopped waiting are dropped unapplied (the caller answered an error, so the command comes again). It
+// returns nil and ends the loop when the queue is empty.
 func (g *grouper) take() []*request {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if len(g.queue) == 0 {
-		g.running = false
-		return nil
-	}
 	var round, rest []*request
 	accounts := make(map[string]bool, len(g.queue))
 	for _, r := range g.queue {
+		if r.ctx.Err() != nil {
+			continue
+		}
 		if len(round) < groupCommandsMax && !accounts[r.cmd.AccountID] {
 			accounts[r.cmd.AccountID] = true
 			round = append(round, r)
@@ -95,6 +96,10 @@ func (g *grouper) take() []*request {
 		rest = append(rest, r)
 	}
 	g.queue = rest
+	if len(round) == 0 {
+		g.running = false
+		return nil
+	}
 	return round
 }
 

@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"context"
 	"testing"
 
 	"github.com/kawase-fx/kawase/eventing"
@@ -10,7 +11,7 @@ import (
 func TestRoundTakesOneCommandPerAccountInOrder(t *testing.T) {
 	var g grouper
 	for _, id := range []string{"A1", "B1", "A2", "C1", "A3", "B2"} {
-		g.enqueue(&request{cmd: &eventing.OrderCommandV1{CommandID: id, AccountID: id[:1]}})
+		g.enqueue(&request{ctx: context.Background(), cmd: &eventing.OrderCommandV1{CommandID: id, AccountID: id[:1]}})
 	}
 	var rounds [][]string
 	for {
@@ -48,12 +49,28 @@ func TestRoundIsBounded(t *testing.T) {
 	var g grouper
 	for i := range groupCommandsMax + 1 {
 		id := string(rune('a'+i%26)) + string(rune('a'+i/26))
-		g.enqueue(&request{cmd: &eventing.OrderCommandV1{CommandID: id, AccountID: id}})
+		g.enqueue(&request{ctx: context.Background(), cmd: &eventing.OrderCommandV1{CommandID: id, AccountID: id}})
 	}
 	if n := len(g.take()); n != groupCommandsMax {
 		t.Errorf("first round took %d commands, want %d", n, groupCommandsMax)
 	}
 	if n := len(g.take()); n != 1 {
 		t.Errorf("second round took %d commands, want 1", n)
+	}
+}
+
+// A request whose caller stopped waiting is dropped from the queue unapplied.
+func TestRoundDropsAbandonedRequests(t *testing.T) {
+	var g grouper
+	gone, cancel := context.WithCancel(context.Background())
+	cancel()
+	g.enqueue(&request{ctx: gone, cmd: &eventing.OrderCommandV1{CommandID: "A1", AccountID: "A"}})
+	g.enqueue(&request{ctx: context.Background(), cmd: &eventing.OrderCommandV1{CommandID: "A2", AccountID: "A"}})
+	reqs := g.take()
+	if len(reqs) != 1 || reqs[0].cmd.CommandID != "A2" {
+		t.Fatalf("round %v, want only A2", reqs)
+	}
+	if g.take() != nil || g.running {
+		t.Fatal("the queue is not empty after the round")
 	}
 }

@@ -209,7 +209,7 @@ func (l *Ledger) Apply(ctx context.Context, cmd *eventing.OrderCommandV1) (event
 	if err := cmd.Validate(); err != nil {
 		return eventing.OrderResultV1{}, err
 	}
-	req := &request{cmd: cmd, started: time.Now(), done: make(chan reply, 1)}
+	req := &request{ctx: ctx, cmd: cmd, started: time.Now(), done: make(chan reply, 1)}
 	if l.group.enqueue(req) {
 		go l.runRounds()
 	}
