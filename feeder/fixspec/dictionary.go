@@ -10,6 +10,9 @@ import (
 	"github.com/quickfixgo/quickfix/datadictionary"
 )
 
+// tagDigitsMax is the longest tag number split reads.
+const tagDigitsMax = 9
+
 // SessionRejectReason(373) values the checks report that quickfixgo offers no exported constructor for.
 const (
 	rejectTagAppearsMoreThanOnce         = 13
@@ -298,15 +301,14 @@ const tagMsgType quickfix.Tag = 35
 // split cuts a raw message into tag=value fields.
 func split(raw []byte, out []Field) (Fields, quickfix.MessageRejectError) {
 	for len(raw) > 0 {
-		eq := bytes.IndexByte(raw, '=')
-		if eq <= 0 {
-			return nil, quickfix.NewMessageRejectError("field without tag", 0, nil)
+		tag, i := 0, 0
+		for ; i < len(raw) && i <= tagDigitsMax && raw[i] >= '0' && raw[i] <= '9'; i++ {
+			tag = tag*10 + int(raw[i]-'0')
 		}
-		tag, ok := atoi(raw[:eq])
-		if !ok || tag <= 0 {
-			return nil, quickfix.NewMessageRejectError(fmt.Sprintf("invalid tag %q", raw[:eq]), 0, nil)
+		if i == 0 || i > tagDigitsMax || i == len(raw) || raw[i] != '=' || tag == 0 {
+			return nil, quickfix.NewMessageRejectError(fmt.Sprintf("invalid tag in %.20q", raw), 0, nil)
 		}
-		raw = raw[eq+1:]
+		raw = raw[i+1:]
 		end := bytes.IndexByte(raw, '\x01')
 		if end < 0 {
 			return nil, quickfix.NewMessageRejectError("field without delimiter", 0, nil)

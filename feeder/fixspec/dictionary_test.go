@@ -244,3 +244,20 @@ func BenchmarkParseW(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkCheckW is Check alone on a 35=W.
+func BenchmarkCheckW(b *testing.B) {
+	d, err := NewDictionary()
+	if err != nil {
+		b.Fatal(err)
+	}
+	raw := frame("W", testBodies()["W"])
+	var buf []Field
+	for b.Loop() {
+		m, err := d.Check(raw, buf)
+		if err != nil {
+			b.Fatal(err)
+		}
+		buf = m.Fields()
+	}
+}
