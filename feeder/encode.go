@@ -24,8 +24,9 @@ const (
 	ceHeaderDataSchema   = "ce_dataschema"
 	ceHeaderContentType  = "content-type"
 	ceHeaderPartitionKey = "ce_" + eventing.ExtensionPartitionKey
-	// rateValueBytesMax is room for a rate's JSON payload, so it is written without growing.
-	rateValueBytesMax = 512
+	// rateValueBytesMax is room for a rate's JSON payload, event id, time and key, so they are
+	// written without growing.
+	rateValueBytesMax = 768
 	// decimalFracDigitsMax bounds the exponents appendDecimalString writes itself.
 	decimalFracDigitsMax = 18
 )
@@ -58,14 +59,7 @@ func (enc *rateEncoder) encode(r *eventing.RateV1, now time.Time) (kafka.Message
 		!jsonTime(r.ReceivedAt) {
 		return encodeRate(r)
 	}
-	id := make([]byte, 0, len("rate:")+len(r.Pair)+len(time.RFC3339Nano)+len(r.QuoteID)+2)
-	id = append(id, "rate:"...)
-	id = append(id, r.Pair...)
-	id = append(id, ':')
-	id = r.ProviderTime.UTC().AppendFormat(id, time.RFC3339Nano)
-	id = append(id, ':')
-	id = append(id, r.QuoteID...)
-
+	// One allocation holds the payload, then the id and time headers and the key.
 	v := make([]byte, 0, rateValueBytesMax)
 	v = appendString(append(v, `{"pair":`...), string(r.Pair))
 	v = appendDecimal(append(v, `,"bid":`...), r.Bid)
@@ -80,14 +74,25 @@ func (enc *rateEncoder) encode(r *eventing.RateV1, now time.Time) (kafka.Message
 	v = strconv.AppendInt(append(v, `,"seq":`...), r.Seq, 10)
 	v = appendTime(append(v, `,"receivedAt":`...), r.ReceivedAt)
 	v = append(v, '}')
+	valueEnd := len(v)
+	v = append(v, "rate:"...)
+	v = append(v, r.Pair...)
+	v = append(v, ':')
+	v = r.ProviderTime.UTC().AppendFormat(v, time.RFC3339Nano)
+	v = append(v, ':')
+	v = append(v, r.QuoteID...)
+	idEnd := len(v)
+	v = now.UTC().AppendFormat(v, time.RFC3339Nano)
+	atEnd := len(v)
+	v = append(v, r.Pair...)
+	value, id, at, key := v[:valueEnd:valueEnd], v[valueEnd:idEnd:idEnd], v[idEnd:atEnd:atEnd], v[atEnd:]
 
-	key := []byte(r.Pair)
-	return kafka.Message{Key: key, Value: v, Headers: []kafka.Header{
+	return kafka.Message{Key: key, Value: value, Headers: []kafka.Header{
 		{Key: ceHeaderSpecVersion, Value: enc.specVersion},
 		{Key: ceHeaderID, Value: id},
 		{Key: ceHeaderSource, Value: enc.source},
 		{Key: ceHeaderType, Value: enc.typ},
-		{Key: ceHeaderTime, Value: now.UTC().AppendFormat(nil, time.RFC3339Nano)},
+		{Key: ceHeaderTime, Value: at},
 		{Key: ceHeaderDataSchema, Value: enc.dataSchema},
 		{Key: ceHeaderContentType, Value: enc.contentType},
 		{Key: ceHeaderPartitionKey, Value: key},

@@ -394,7 +394,7 @@ func (a *sessionApp) emit(msg *quickfix.Message, header fixspec.Fields, pair fx.
 	ps.seq++
 	r.Session, r.Seq, r.ReceivedAt = a.session, ps.seq, msg.ReceiveTime.UTC()
 	r.MsgSeqNum, _ = header.Int(int(tag.MsgSeqNum))
-	q := &pending{pair: pair, receivedAt: msg.ReceiveTime, rate: &r}
+	q := &pending{pair: pair, receivedAt: msg.ReceiveTime, rate: r}
 	if sent, ok := header.Get(int(tag.SendingTime)); ok {
 		q.sentAt, _ = fixspec.UTCTimestamp(sent)
 	}

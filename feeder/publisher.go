@@ -41,7 +41,7 @@ type pending struct {
 	msg  kafka.Message
 	// receivedAt is when quickfixgo read the message off the socket; sentAt its SendingTime(52).
 	receivedAt, sentAt time.Time
-	rate               *eventing.RateV1
+	rate               eventing.RateV1
 }
 
 // Published describes one acknowledged rate, for observers (tests, benchmarks).
@@ -210,7 +210,7 @@ func (p *publisher) publish(ctx context.Context, batch []*pending) error {
 	}
 	byPartition := map[int][]*pending{}
 	for _, q := range batch {
-		m, err := p.enc.encode(q.rate, time.Now())
+		m, err := p.enc.encode(&q.rate, time.Now())
 		if err != nil {
 			panic(fmt.Sprintf("feeder: validated rate does not encode: %v", err))
 		}
@@ -290,7 +290,7 @@ func (p *publisher) acked(qs []*pending, at time.Time) {
 		p.published[q.pair].Inc()
 		p.metrics.PublishLatency.Observe(at.Sub(q.receivedAt).Seconds())
 		if p.observe != nil {
-			p.observe(Published{Rate: q.rate, SentAt: q.sentAt, ReceivedAt: q.receivedAt, AckedAt: at})
+			p.observe(Published{Rate: &q.rate, SentAt: q.sentAt, ReceivedAt: q.receivedAt, AckedAt: at})
 		}
 	}
 }
