@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -164,7 +165,7 @@ func (l *Ledger) commitRound(reqs []*request) (*round, error) {
 	defer conn.Release()
 	// Accounts are locked in id order, so rounds of different replicas cannot deadlock.
 	reqs = slices.Clone(reqs)
-	slices.SortFunc(reqs, func(a, b *request) int { return compareStrings(a.cmd.AccountID, b.cmd.AccountID) })
+	slices.SortFunc(reqs, func(a, b *request) int { return strings.Compare(a.cmd.AccountID, b.cmd.AccountID) })
 	for attempt := 1; ; attempt++ {
 		r, err := l.commitOn(ctx, conn.Conn(), reqs)
 		if err == nil {
@@ -181,16 +182,6 @@ func (l *Ledger) commitRound(reqs []*request) (*round, error) {
 		}
 		time.Sleep(serializationRetryDelay)
 	}
-}
-
-func compareStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // commitOn applies reqs (sorted by account) in one transaction on c: BEGIN and every command's reads;
