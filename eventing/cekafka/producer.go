@@ -16,11 +16,14 @@ import (
 	produceapi "github.com/segmentio/kafka-go/protocol/produce"
 )
 
-// Limits of a Producer.
+// Limits of a Producer. A failed round is retried after producerRetryDelayMinMs, doubling up to
+// producerRetryDelayMaxMs (about 3.5 s over all attempts, room for a leader election and for the
+// transport's metadata to catch up), within writerWriteTimeoutMs.
 const (
 	producerMetadataMaxAgeMs = 60_000
-	producerAttemptsMax      = 5
-	producerRetryDelayMs     = 50
+	producerAttemptsMax      = 8
+	producerRetryDelayMinMs  = 50
+	producerRetryDelayMaxMs  = 1_000
 )
 
 // Producer writes records to any topic with one produce request per partition leader at a time:
@@ -124,11 +127,16 @@ func (p *Producer) sendRound(calls []*produceCall) error {
 	ctx, cancel := context.WithTimeout(context.Background(), writerWriteTimeoutMs*time.Millisecond)
 	defer cancel()
 	var err error
+	delay := producerRetryDelayMinMs * time.Millisecond
 	for attempt := 1; attempt <= producerAttemptsMax; attempt++ {
-		if err = p.sendOnce(ctx, calls, attempt > 1); err == nil || ctx.Err() != nil {
+		if err = p.sendOnce(ctx, calls, attempt > 1); err == nil || ctx.Err() != nil || attempt == producerAttemptsMax {
 			break
 		}
-		time.Sleep(producerRetryDelayMs * time.Millisecond)
+		select {
+		case <-ctx.Done():
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, producerRetryDelayMaxMs*time.Millisecond)
 	}
 	if err != nil {
 		return fmt.Errorf("produce: %w", err)

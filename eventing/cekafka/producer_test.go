@@ -126,3 +126,19 @@ func readAll(ctx context.Context, t *testing.T, addr, topic string, partitions i
 	}
 	return out
 }
+
+// TestProducerReportsAnUnknownTopic: a record for a topic the cluster does not have fails after the
+// retries instead of waiting forever.
+func TestProducerReportsAnUnknownTopic(t *testing.T) {
+	addr := startBroker(t, "", eventing.Topic{Name: "t.known", Partitions: 1})
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	p := cekafka.NewProducer([]string{addr})
+	defer p.Close()
+	if err := p.Publish(ctx, "t.unknown", event(t, "k", 1)); err == nil {
+		t.Fatal("publishing to an unknown topic succeeded")
+	}
+	if err := p.Publish(ctx, "t.known", event(t, "k", 2)); err != nil {
+		t.Fatalf("a known topic after the failure: %v", err)
+	}
+}
