@@ -1,6 +1,7 @@
 package feeder
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -267,10 +268,13 @@ func (p *publisher) produceWithRetry(ctx context.Context, part int, qs []*pendin
 
 func (p *publisher) produce(ctx context.Context, part int, qs []*pending) error {
 	records := make([]kafka.Record, len(qs))
+	readers := make([]recordBytes, 2*len(qs))
 	now := time.Now()
 	for i, q := range qs {
-		records[i] = kafka.Record{Time: now, Key: kafka.NewBytes(q.msg.Key), Value: kafka.NewBytes(q.msg.Value),
-			Headers: q.msg.Headers}
+		key, value := &readers[2*i], &readers[2*i+1]
+		key.Reset(q.msg.Key)
+		value.Reset(q.msg.Value)
+		records[i] = kafka.Record{Time: now, Key: key, Value: value, Headers: q.msg.Headers}
 	}
 	resp, err := p.client.Produce(ctx, &kafka.ProduceRequest{
 		Topic: p.topic, Partition: part, RequiredAcks: kafka.RequireAll, Records: kafka.NewRecordReader(records...),
@@ -284,6 +288,13 @@ func (p *publisher) produce(ctx context.Context, part int, qs []*pending) error 
 	p.acked(qs, time.Now())
 	return nil
 }
+
+// recordBytes is a record's key or value for kafka-go, allocated a batch at a time (kafka.NewBytes
+// allocates one each).
+type recordBytes struct{ bytes.Reader }
+
+// Close implements kafka.Bytes.
+func (*recordBytes) Close() error { return nil }
 
 func (p *publisher) acked(qs []*pending, at time.Time) {
 	for _, q := range qs {
