@@ -1,6 +1,8 @@
 // Package fixspec holds what both ends of kawase's FIX 4.4 market-data link share: the FIX 4.4 data
 // dictionary (embedded, from quickfixgo, © quickfixengine.org, QuickFIX Software License 1.0), the
-// mapping between FIX symbols ("USD/JPY") and kawase pairs ("USD_JPY"), and the session defaults.
+// mapping between FIX symbols ("USD/JPY") and kawase pairs ("USD_JPY"), and the session defaults;
+// and Dictionary, which checks raw messages against the data dictionary and reads their repeating
+// groups.
 package fixspec
 
 import (
