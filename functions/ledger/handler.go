@@ -1,9 +1,11 @@
 package ledger
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -51,6 +53,7 @@ func (l *Ledger) serveCommand(w http.ResponseWriter, r *http.Request) {
 			Title: "command keyed by another account", Detail: "partitionkey " + pk + " is not account " + cmd.AccountID})
 		return
 	}
+	l.awaitFirstQuotes(r.Context())
 	res, err := l.Apply(r.Context(), cmd)
 	if err != nil {
 		l.log.Warnw("command failed; asking for redelivery", "command", cmd.CommandID, "error", err)
@@ -60,6 +63,44 @@ func (l *Ledger) serveCommand(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(res)
+}
+
+// firstQuotesWaitMs bounds how long a command delivered before the ledger has any quote waits for
+// the first ones (the rates stream's snapshot arrives within moments of start-up). After that it is
+// applied anyway, and an order that needs a price is rejected no_price: a final answer, rather than
+// a redelivery that would end in the dead letters if the rates service stayed away.
+const firstQuotesWaitMs = 3_000
+
+// quoteWaiter is a PriceSource that can say whether it holds quotes and wait for the next change, as
+// the QuoteBook does.
+type quoteWaiter interface {
+	Ready(ctx context.Context) error
+	Changed() <-chan struct{}
+}
+
+// awaitFirstQuotes holds a command that arrived before any quote until quotes arrive, for at most
+// firstQuotesWaitMs: right after a restart the first deliveries would otherwise be rejected for want
+// of a price that is moments away.
+func (l *Ledger) awaitFirstQuotes(ctx context.Context) {
+	qw, ok := l.prices.(quoteWaiter)
+	if !ok {
+		return
+	}
+	deadline := time.NewTimer(firstQuotesWaitMs * time.Millisecond)
+	defer deadline.Stop()
+	for {
+		changed := qw.Changed()
+		if qw.Ready(ctx) == nil {
+			return
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // isRetryable reports whether err is a conflict PostgreSQL resolves by aborting one transaction

@@ -319,6 +319,50 @@ func TestHandlerDeliverySemantics(t *testing.T) {
 	}
 }
 
+// TestCommandBeforeFirstQuotesWaitsForThem: right after a start the ledger has no quotes yet; an
+// order delivered then waits for the first quotes and fills, instead of being rejected no_price. With
+// no quotes at all it is rejected no_price after the bounded wait: a final answer, not a redelivery.
+func TestCommandBeforeFirstQuotesWaitsForThem(t *testing.T) {
+	e := newEnv(t, testConfig())
+	e.open(t, "A", "JPY", "1000000")
+	e.book = ledger.NewQuoteBook() // a ledger that has just started
+	srv := httptest.NewServer(e.newLedger(t).Handler())
+	t.Cleanup(srv.Close)
+	post := func(url string, cmd *eventing.OrderCommandV1) <-chan eventing.OrderResultV1 {
+		ev, err := eventing.NewEvent(eventing.TypeOrderCommand, cmd.CommandID, cmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := make(chan eventing.OrderResultV1, 1)
+		go func() {
+			status, body := postEvent(t, url+"/", ev, false)
+			var res eventing.OrderResultV1
+			if status != http.StatusOK || json.Unmarshal(body, &res) != nil {
+				t.Errorf("%s: %d %s", cmd.CommandID, status, body)
+			}
+			out <- res
+		}()
+		return out
+	}
+	early := post(srv.URL, market("A", "q1", "USD_JPY", "buy", "1000"))
+	select {
+	case res := <-early:
+		t.Fatalf("answered before any quote arrived: %+v", res)
+	case <-time.After(300 * time.Millisecond):
+	}
+	setQuotes(e.book)
+	if res := <-early; res.Status != eventing.ResultFilled {
+		t.Fatalf("order delivered before the first quotes: %+v, want filled", res)
+	}
+
+	e.book = ledger.NewQuoteBook() // and one whose rates never come
+	never := httptest.NewServer(e.newLedger(t).Handler())
+	t.Cleanup(never.Close)
+	if res := <-post(never.URL, market("A", "q2", "USD_JPY", "buy", "1000")); res.Status != eventing.ResultRejected || res.Reason != ledger.ReasonNoPrice {
+		t.Fatalf("order with no quotes ever: %+v, want rejected %s", res, ledger.ReasonNoPrice)
+	}
+}
+
 func TestOpenAccountIsIdempotent(t *testing.T) {
 	e := newEnv(t, testConfig())
 	ctx := context.Background()
