@@ -616,6 +616,8 @@ func TestTradingOrdersEndToEnd(t *testing.T) {
 		{http.MethodPost, path + "/orders", map[string]string{"pair": "XXX_YYY", "side": "buy", "units": "1"}, http.StatusUnprocessableEntity, "invalid_order"},
 		{http.MethodPost, path + "/orders", bytes.Repeat([]byte(" "), 20<<10), http.StatusRequestEntityTooLarge, "body_too_large"},
 		{http.MethodGet, path + "/orders/nope", nil, http.StatusNotFound, "order_not_found"},
+		{http.MethodPut, path + "/orders/nope", nil, http.StatusMethodNotAllowed, "method_not_allowed"},
+		{http.MethodGet, path + "/nothing", nil, http.StatusNotFound, "not_found"},
 	} {
 		if status, body := st.do(t, c.method, c.path, a.Token, c.body, nil); status != c.status || tradingProblemCode(body) != c.code {
 			t.Errorf("%s %s: %d %s, want %d %s", c.method, c.path, status, body, c.status, c.code)

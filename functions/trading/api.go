@@ -72,9 +72,7 @@ func (s *Service) routes() http.Handler {
 	mux.Handle("GET /v1/accounts/{id}/transactions", s.api("list_transactions", readAccount, s.listTransactions))
 	mux.Handle("POST /{$}", s.api("order_request_event", anyPrincipal, s.orderRequestEvent))
 	mux.Handle("POST /v1/order-requests", s.api("order_request_event", anyPrincipal, s.orderRequestEvent))
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		observe.WriteProblem(w, observe.Problem{Status: http.StatusNotFound, Code: "not_found", Title: "no such resource"})
-	})
+	mux.HandleFunc("/", observe.Unrouted(mux))
 	return mux
 }
 
