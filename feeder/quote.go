@@ -126,16 +126,7 @@ const (
 // mdEntryTimestampLayout, without building the string it needs: the common shapes directly, anything
 // else through time.Parse.
 func entryTime(date, clock []byte) (time.Time, error) {
-	digits := func(b []byte) (int, bool) {
-		n := 0
-		for _, c := range b {
-			if c < '0' || c > '9' {
-				return 0, false
-			}
-			n = n*10 + int(c-'0')
-		}
-		return n, true
-	}
+	digits := fixspec.Digits
 	frac := len(clock) - mdEntryTimeBytes - 1
 	if len(date) == mdEntryDateBytes && (frac == -1 || frac >= 1 && frac <= mdEntryFracDigitsMax && clock[mdEntryTimeBytes] == '.') &&
 		clock[2] == ':' && clock[5] == ':' {

@@ -461,7 +461,7 @@ func atoi(b []byte) (int, bool) {
 	if len(b) == 0 {
 		return 0, false
 	}
-	n, ok := digits(b)
+	n, ok := Digits(b)
 	if neg {
 		n = -n
 	}

@@ -40,15 +40,15 @@ func utcTimestamp(b []byte) (time.Time, bool) {
 	if b[8] != '-' || b[11] != ':' || b[14] != ':' {
 		return time.Time{}, false
 	}
-	y, ok1 := digits(b[0:4])
-	mo, ok2 := digits(b[4:6])
-	d, ok3 := digits(b[6:8])
-	h, ok4 := digits(b[9:11])
-	mi, ok5 := digits(b[12:14])
-	s, ok6 := digits(b[15:17])
+	y, ok1 := Digits(b[0:4])
+	mo, ok2 := Digits(b[4:6])
+	d, ok3 := Digits(b[6:8])
+	h, ok4 := Digits(b[9:11])
+	mi, ok5 := Digits(b[12:14])
+	s, ok6 := Digits(b[15:17])
 	ns, ok7 := 0, true
 	if frac > 0 {
-		ns, ok7 = digits(b[utcTimestampSecondsBytes+1:])
+		ns, ok7 = Digits(b[utcTimestampSecondsBytes+1:])
 		for range fracDigitsMax - frac {
 			ns *= 10
 		}
@@ -60,8 +60,9 @@ func utcTimestamp(b []byte) (time.Time, bool) {
 	return t, t.Day() == d // not normalised past the month's end
 }
 
-// digits reads a run of decimal digits.
-func digits(b []byte) (int, bool) {
+// Digits reads a run of decimal digits (no sign, no spaces) as FIX writes numbers in timestamps and
+// dates; false when b holds anything else. The feeder reads MDEntryDate/MDEntryTime with it too.
+func Digits(b []byte) (int, bool) {
 	n := 0
 	for _, c := range b {
 		if c < '0' || c > '9' {
