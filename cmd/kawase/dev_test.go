@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -39,14 +40,49 @@ func buildKawase(t *testing.T, dir string) string {
 	return bin
 }
 
+// Ports a dev under test listens on are picked below the kernel's ephemeral range: a port picked
+// there (listening on :0) is free only until some connection's local end takes it, and a dev that is
+// killed and restarted must get its ports back. testPortMin is the lowest tried; testPortTriesMax
+// bounds the search before falling back to an ephemeral port.
+const (
+	testPortMin           = 20_000
+	ephemeralPortMinLinux = 32_768
+	testPortTriesMax      = 200
+)
+
+// freeAddr returns a loopback address with a port that is free now and outside the ephemeral range.
 func freeAddr(t *testing.T) string {
 	t.Helper()
+	limit := ephemeralPortLow()
+	for range testPortTriesMax {
+		if limit <= testPortMin {
+			break
+		}
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(testPortMin+rand.IntN(limit-testPortMin)))
+		if ln, err := net.Listen("tcp", addr); err == nil {
+			ln.Close()
+			return addr
+		}
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
 	return ln.Addr().String()
+}
+
+// ephemeralPortLow is the lowest port the kernel hands to connections and to listeners on port 0.
+func ephemeralPortLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return ephemeralPortMinLinux
+	}
+	var low, high int
+	if _, err := fmt.Sscan(string(b), &low, &high); err != nil || low <= 0 {
+		return ephemeralPortMinLinux
+	}
+	return low
 }
 
 // devSetup is what a test needs to run `kawase dev`: the built binary, a fresh data directory, and
