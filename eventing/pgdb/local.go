@@ -40,8 +40,12 @@ const (
 	localSuperuser       = "kawase"
 	localDatabase        = "kawase"
 	localStartTimeoutSec = 60
-	localPasswordBytes   = 24
-	localUnprivileged    = "postgres"
+	// localStartTriesMax bounds how many ports a start tries when the picked one was taken;
+	// localLogTailBytes is how much of the log's end is searched for that.
+	localStartTriesMax = 3
+	localLogTailBytes  = 4 << 10
+	localPasswordBytes = 24
+	localUnprivileged  = "postgres"
 	// A server that looks running but refuses connections (killed, not yet reaped) is polled every
 	// localStalePollMs for at most localStaleWaitMs before a new one is started.
 	localStaleWaitMs = 5_000
@@ -172,16 +176,33 @@ func (l *Local) start(ctx context.Context) error {
 		l.port = port
 		return nil
 	}
-	port, err := freePort()
+	logPath := filepath.Join(l.dir, localLogFile)
+	for try := 1; ; try++ {
+		port, err := freePort()
+		if err != nil {
+			return fmt.Errorf("local postgres: %w", err)
+		}
+		l.port = port
+		opts := fmt.Sprintf("-p %d -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=200", port)
+		err = l.pgctl(ctx, "-w", "-t", strconv.Itoa(localStartTimeoutSec), "-l", logPath, "-o", opts, "start")
+		if err == nil {
+			return nil
+		}
+		// The port was free when picked, but another socket may have taken it before the server
+		// bound it: pick another, a bounded number of times.
+		if try >= localStartTriesMax || !portTaken(logPath) {
+			return fmt.Errorf("start local postgres (log in %s): %w", logPath, err)
+		}
+	}
+}
+
+// portTaken reports whether the server log's end says its port was in use.
+func portTaken(logPath string) bool {
+	b, err := os.ReadFile(logPath)
 	if err != nil {
-		return fmt.Errorf("local postgres: %w", err)
+		return false
 	}
-	l.port = port
-	opts := fmt.Sprintf("-p %d -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=200", port)
-	if err := l.pgctl(ctx, "-w", "-t", strconv.Itoa(localStartTimeoutSec), "-l", filepath.Join(l.dir, localLogFile), "-o", opts, "start"); err != nil {
-		return fmt.Errorf("start local postgres (log in %s): %w", filepath.Join(l.dir, localLogFile), err)
-	}
-	return nil
+	return bytes.Contains(b[max(0, len(b)-localLogTailBytes):], []byte("Address already in use"))
 }
 
 // reusablePort reports the port of a server already running on this data directory that accepts
