@@ -9,7 +9,6 @@ import (
 	"testing"
 
 	"github.com/quickfixgo/quickfix"
-	"github.com/quickfixgo/quickfix/datadictionary"
 )
 
 // quickfixgo's default validator settings (quickfix.defaultValidatorSettings, which it does not export).
@@ -100,14 +99,7 @@ func mutations(body []testField) [][]testField {
 // validator accepts and rejects the rest for the same reason, over valid messages and a few thousand
 // broken ones.
 func TestCheckAgreesWithQuickfixValidator(t *testing.T) {
-	path, err := DictionaryPath()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dd, err := datadictionary.Parse(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dd := quickfixDictionary(t)
 	d, err := NewDictionary()
 	if err != nil {
 		t.Fatal(err)
@@ -200,14 +192,7 @@ func TestEntriesReadsGroups(t *testing.T) {
 // BenchmarkParseW compares what the feeder's session does with a 35=W: quickfixgo parsing and
 // validating it with the data dictionary, against quickfixgo parsing it flat and Check checking it.
 func BenchmarkParseW(b *testing.B) {
-	path, err := DictionaryPath()
-	if err != nil {
-		b.Fatal(err)
-	}
-	dd, err := datadictionary.Parse(path)
-	if err != nil {
-		b.Fatal(err)
-	}
+	dd := quickfixDictionary(b)
 	d, err := NewDictionary()
 	if err != nil {
 		b.Fatal(err)

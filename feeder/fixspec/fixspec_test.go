@@ -24,17 +24,24 @@ func TestSymbolRoundTrip(t *testing.T) {
 }
 
 func TestDictionaryPathParses(t *testing.T) {
-	path, err := DictionaryPath()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dd, err := datadictionary.Parse(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dd := quickfixDictionary(t)
 	for _, msgType := range []string{"V", "W", "X", "Y"} {
 		if _, ok := dd.Messages[msgType]; !ok {
 			t.Errorf("message type %s missing", msgType)
 		}
 	}
+}
+
+// quickfixDictionary is the embedded FIX 4.4 dictionary as quickfixgo parses it, for comparing with.
+func quickfixDictionary(tb testing.TB) *datadictionary.DataDictionary {
+	tb.Helper()
+	path, err := DictionaryPath()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	dd, err := datadictionary.Parse(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return dd
 }
