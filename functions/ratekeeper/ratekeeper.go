@@ -42,9 +42,9 @@ const (
 	queueLenMax          = 4096
 	txTimeoutMs          = 10_000
 	// batchGatherMs bounds how long a gathered batch waits for more deliveries after its first.
-	batchGatherMs = 4
+	batchGatherMs = 8
 	// batchGatherIdleMs ends gathering early when no delivery arrived for that long.
-	batchGatherIdleMs = 1
+	batchGatherIdleMs = 3
 )
 
 // Trigger is the seam where accepted rates take effect beyond the tick history (limit and stop orders
