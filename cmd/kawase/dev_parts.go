@@ -11,6 +11,9 @@ import (
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+
 	manifests "github.com/kawase-fx/kawase/config"
 	"github.com/kawase-fx/kawase/eventing/dispatch"
 	"github.com/kawase-fx/kawase/eventing/manifest"
@@ -24,6 +27,8 @@ const (
 	devFIXUsername        = "kawase"
 	devFIXSecretBytes     = 16
 	devHMACSecretBytes    = 32
+	// devFeederDeployment is the Deployment in config/ whose CPU limit the dev children run under.
+	devFeederDeployment = "feeder"
 )
 
 // devChildren are the processes kawase dev supervises as a Deployment would: the FIX simulator and
@@ -38,10 +43,15 @@ func (e *devEnv) devChildren() ([]childSpec, error) {
 		return nil, err
 	}
 	e.fixAddr, e.fixsimControl = fixAddr, "http://"+controlAddr
+	procs, err := feederProcs()
+	if err != nil {
+		return nil, err
+	}
+	gomaxprocs := "GOMAXPROCS=" + strconv.Itoa(procs)
 	pairs := joinPairs(e.cfg.Pairs)
 	specs := []childSpec{{name: "fixsim", args: []string{"fixsim", "-listen", fixAddr, "-control", controlAddr,
 		"-pairs", pairs, "-username", devFIXUsername, "-password", e.secrets.FIXPassword},
-		env: []string{"KAWASE_MODE=dev"}}}
+		env: []string{"KAWASE_MODE=dev", gomaxprocs}}}
 	for i := range devFeederReplicaCount {
 		port, err := freeLoopbackAddr()
 		if err != nil {
@@ -49,13 +59,41 @@ func (e *devEnv) devChildren() ([]childSpec, error) {
 		}
 		_, p, _ := net.SplitHostPort(port)
 		specs = append(specs, childSpec{name: "feeder-" + strconv.Itoa(i), args: []string{"feeder"}, env: []string{
-			"KAWASE_MODE=dev", "KAWASE_LEADER_ELECTION=postgres", "POD_NAME=feeder-" + strconv.Itoa(i), "PORT=" + p,
+			"KAWASE_MODE=dev", gomaxprocs, "KAWASE_LEADER_ELECTION=postgres", "POD_NAME=feeder-" + strconv.Itoa(i), "PORT=" + p,
 			"KAWASE_FIX_ADDR=" + fixAddr, "KAWASE_FIX_USERNAME=" + devFIXUsername,
 			"KAWASE_FIX_PASSWORD=" + e.secrets.FIXPassword, "KAWASE_PAIRS=" + pairs,
 			"KAFKA_BROKERS=" + strings.Join(e.brokers, ","), "DATABASE_URL=" + e.dbURL,
 		}})
 	}
 	return specs, nil
+}
+
+// feederProcs is the GOMAXPROCS a feeder pod gets in a cluster: Go sizes it from the container's CPU
+// limit (rounded up), which config/feeder.yaml sets. Dev gives its children the same, rather than one
+// per core of the machine: with a quote a millisecond, a process with more Ps than it needs spends
+// much of its CPU waking idle threads to hand each quote over.
+func feederProcs() (int, error) {
+	set, err := manifest.Load(manifests.FS)
+	if err != nil {
+		return 0, fmt.Errorf("dev: %w", err)
+	}
+	for _, d := range set.Deployments {
+		if d.Name != devFeederDeployment {
+			continue
+		}
+		for _, c := range d.Spec.Template.Spec.Containers {
+			if cpu, ok := c.Resources.Limits[corev1.ResourceCPU]; ok {
+				return cpuProcs(cpu), nil
+			}
+		}
+		return 0, fmt.Errorf("dev: Deployment %s in config/ has no CPU limit", devFeederDeployment)
+	}
+	return 0, fmt.Errorf("dev: config/ has no Deployment %s", devFeederDeployment)
+}
+
+// cpuProcs is the GOMAXPROCS Go derives from a CPU limit: the limit rounded up, at least 1.
+func cpuProcs(limit resource.Quantity) int {
+	return max(1, int((limit.MilliValue()+999)/1000))
 }
 
 // superviseChildren returns one run per child; each restarts its child whenever it exits and records

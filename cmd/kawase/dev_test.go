@@ -18,6 +18,7 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/jackc/pgx/v5"
 	"github.com/segmentio/kafka-go"
+	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/kawase-fx/kawase/eventing"
 	"github.com/kawase-fx/kawase/eventing/cekafka"
@@ -311,4 +312,21 @@ func waitDemoAccount(t *testing.T, dataDir string) devAccount {
 	}
 	t.Fatal("no demo account in dev.json")
 	return devAccount{}
+}
+
+// TestFeederProcsFollowTheManifest: dev's children get the GOMAXPROCS a feeder pod would, from the CPU
+// limit in config/feeder.yaml, rounded up as Go rounds it.
+func TestFeederProcsFollowTheManifest(t *testing.T) {
+	for limit, want := range map[string]int{"1": 1, "500m": 1, "1500m": 2, "2": 2, "100m": 1} {
+		if got := cpuProcs(resource.MustParse(limit)); got != want {
+			t.Errorf("cpuProcs(%s) = %d, want %d", limit, got, want)
+		}
+	}
+	procs, err := feederProcs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if procs < 1 {
+		t.Fatalf("feederProcs() = %d", procs)
+	}
 }
