@@ -298,7 +298,17 @@ type OrderResultV1 struct {
 	Reason      string           `json:"reason,omitempty"`
 	ExecutionID string           `json:"executionId,omitempty"`
 	Price       *decimal.Decimal `json:"price,omitempty"`
-	DecidedAt   time.Time        `json:"decidedAt"`
+	// AccountSeq, RealizedPL and Currency complete the fill's execution as kawase.trade.executed.v1
+	// carries it (executed at DecidedAt); present with ExecutionID. With them and Placed, whoever
+	// placed the order shows it as the ledger recorded it without asking the ledger again.
+	AccountSeq int64            `json:"accountSeq,omitempty"`
+	RealizedPL *decimal.Decimal `json:"realizedPL,omitempty"`
+	Currency   fx.Currency      `json:"currency,omitempty"`
+	// Placed says the command recorded a new order at DecidedAt (pending, filled or rejected), which
+	// is the command's order spec with this outcome; false when a placement was refused before any
+	// order was recorded (a duplicate order id, an unknown account) and for other commands.
+	Placed    bool      `json:"placed,omitempty"`
+	DecidedAt time.Time `json:"decidedAt"`
 }
 
 // PartitionKey orders results per account.

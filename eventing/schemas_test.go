@@ -440,6 +440,7 @@ func samplePayloads() map[string][]Payload {
 	limit := decimal.RequireFromString("150.125")
 	bound := decimal.RequireFromString("1.08500")
 	fill := decimal.RequireFromString("151.425")
+	pl := decimal.RequireFromString("-1250")
 	r := fullRate()
 	return map[string][]Payload{
 		TypeRate: {&r},
@@ -463,9 +464,9 @@ func samplePayloads() map[string][]Payload {
 		},
 		TypeOrderResult: {
 			&OrderResultV1{CommandID: "cmd_7f3a", AccountID: "acc_12", OrderID: "o_9c1", Status: ResultFilled,
-				ExecutionID: "x_55", Price: &fill, DecidedAt: at},
+				ExecutionID: "x_55", Price: &fill, AccountSeq: 42, RealizedPL: &pl, Currency: "JPY", Placed: true, DecidedAt: at},
 			&OrderResultV1{CommandID: "cmd_7f3c", AccountID: "acc_12", OrderID: "o_9c3", Status: ResultRejected,
-				Reason: "insufficient_margin", DecidedAt: at},
+				Reason: "insufficient_margin", Placed: true, DecidedAt: at},
 		},
 	}
 }

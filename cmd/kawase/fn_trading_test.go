@@ -1010,3 +1010,63 @@ func TestSubmittedOrderReadAndCancelledBeforeTheLedgerApplies(t *testing.T) {
 		return status == http.StatusOK && json.Unmarshal(body, &got) == nil && got.Status == "cancelled"
 	})
 }
+
+// TestDecidedPlacementIsAnsweredAsStored: the 201 answer to a placement is built from the ledger's
+// result, not read back; for every kind of outcome it must be byte for byte what GET answers next.
+func TestDecidedPlacementIsAnsweredAsStored(t *testing.T) {
+	st := startTradingStack(t)
+	st.waitTradeable(t)
+	a := st.openAccount(t, "USD", "10000")
+	path := "/v1/accounts/" + a.ID + "/orders"
+	goodTill := time.Now().Add(time.Hour).UTC().Format("2006-01-02T15:04:05.123456789Z07:00")
+	before := st.counter(t, "kawase_trading_decided_order_reads_total")
+	for _, c := range []struct {
+		name   string
+		req    map[string]string
+		status string
+	}{
+		{"market buy", map[string]string{"pair": "USD_JPY", "side": "buy", "units": "10000", "clientOrderId": "p-1",
+			"priceBound": "999.000"}, "filled"},
+		{"market sell realizing a loss in USD", map[string]string{"pair": "USD_JPY", "side": "sell", "units": "4000"}, "filled"},
+		{"cross pair fill", map[string]string{"pair": "EUR_JPY", "side": "buy", "units": "1000", "timeInForce": "IOC"}, "filled"},
+		{"beyond margin", map[string]string{"pair": "USD_JPY", "side": "buy", "units": "10000000"}, "rejected"},
+		{"beyond the price bound", map[string]string{"pair": "USD_JPY", "side": "buy", "units": "1000", "priceBound": "1.000"}, "rejected"},
+		{"pending GTD limit", map[string]string{"pair": "USD_JPY", "side": "buy", "units": "1000", "type": "limit",
+			"price": "100.000", "timeInForce": "GTD", "goodTill": goodTill, "clientOrderId": "lim-9"}, "pending"},
+		{"duplicate client order id", map[string]string{"pair": "USD_JPY", "side": "sell", "units": "1000", "type": "stop",
+			"price": "90.000", "clientOrderId": "lim-9"}, "rejected"},
+	} {
+		status, placed := st.do(t, http.MethodPost, path, a.Token, c.req, nil)
+		var o trading.OrderView
+		if status != http.StatusCreated || json.Unmarshal(placed, &o) != nil || o.Status != c.status {
+			t.Fatalf("%s: %d %s, want 201 %s", c.name, status, placed, c.status)
+		}
+		status, got := st.do(t, http.MethodGet, path+"/"+o.ID, a.Token, nil, nil)
+		if status != http.StatusOK || !bytes.Equal(placed, got) {
+			t.Errorf("%s: answered\n%s\nbut GET answers %d\n%s", c.name, placed, status, got)
+		}
+	}
+	if after := st.counter(t, "kawase_trading_decided_order_reads_total"); after != before {
+		t.Errorf("%v decided placements were read back from the ledger instead of answered from their result", after-before)
+	}
+}
+
+// counter is the value of a counter in the stack's registry.
+func (st *tradingStack) counter(tb testing.TB, name string) float64 {
+	tb.Helper()
+	families, err := st.reg.Gather()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() == name {
+			var sum float64
+			for _, m := range f.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+			return sum
+		}
+	}
+	tb.Fatalf("no metric %s", name)
+	return 0
+}

@@ -14,6 +14,25 @@ import (
 // Currency is an ISO 4217 code such as "USD".
 type Currency string
 
+// minorUnitsJPY and minorUnitsDefault are the decimals an amount of yen and of any other account
+// currency is kept to.
+const (
+	minorUnitsJPY     = 0
+	minorUnitsDefault = 2
+)
+
+// MinorUnits is the number of decimals an amount of c is kept to (balances, P&L): 0 for JPY, 2 for
+// the others. The ledger rounds to it and every view of an amount prints exactly that many.
+func (c Currency) MinorUnits() int32 {
+	if c == "JPY" {
+		return minorUnitsJPY
+	}
+	return minorUnitsDefault
+}
+
+// FormatAmount prints an amount of c with exactly c's minor units, e.g. "-1250" JPY or "12.50" USD.
+func (c Currency) FormatAmount(v decimal.Decimal) string { return v.StringFixed(c.MinorUnits()) }
+
 // Pair names a currency pair as BASE_QUOTE, e.g. "USD_JPY": the price is how many units of the quote
 // currency one unit of the base currency costs.
 type Pair string

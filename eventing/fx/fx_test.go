@@ -60,3 +60,21 @@ func TestParsePairList(t *testing.T) {
 		t.Error("duplicate pair accepted")
 	}
 }
+
+func TestCurrencyAmounts(t *testing.T) {
+	for _, c := range []struct {
+		ccy  Currency
+		v    string
+		want string
+	}{
+		{"JPY", "-1250", "-1250"},
+		{"JPY", "1250.4", "1250"},
+		{"USD", "12.5", "12.50"},
+		{"USD", "-0.266", "-0.27"},
+		{"EUR", "3", "3.00"},
+	} {
+		if got := c.ccy.FormatAmount(decimal.RequireFromString(c.v)); got != c.want {
+			t.Errorf("%s %s: %q, want %q", c.ccy, c.v, got, c.want)
+		}
+	}
+}

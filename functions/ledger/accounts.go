@@ -38,7 +38,7 @@ func (l *Ledger) OpenAccount(ctx context.Context, id string, ccy fx.Currency, de
 		return false, fmt.Errorf("%w: currency must be JPY or USD, not %q", ErrInvalidAccount, ccy)
 	}
 	if deposit.IsNegative() || !deposit.Equal(roundAmount(deposit, ccy)) {
-		return false, fmt.Errorf("%w: deposit %s must be non-negative with at most %d decimals", ErrInvalidAccount, deposit, minorUnits(ccy))
+		return false, fmt.Errorf("%w: deposit %s must be non-negative with at most %d decimals", ErrInvalidAccount, deposit, ccy.MinorUnits())
 	}
 	var created bool
 	err := pgx.BeginFunc(ctx, l.pool, func(tx pgx.Tx) error {

@@ -195,6 +195,7 @@ func (e *engine) place(t target) {
 		PriceBound: spec.PriceBound, TimeInForce: spec.TimeInForce, GoodTill: spec.GoodTill, Status: StatusPending,
 		CommandID: e.cmd.CommandID, CreatedAt: e.now, UpdatedAt: e.now}
 	e.out.NewOrders = append(e.out.NewOrders, o)
+	e.out.Result.Placed = true
 	if t.ClientOrderIDTaken {
 		e.reject(o, ReasonDuplicateClientID)
 		return
@@ -426,8 +427,8 @@ func (e *engine) fill(o *order, price decimal.Decimal, execReason, txType string
 	e.out.Result.OrderID = o.ID
 	e.out.Result.Status = eventing.ResultFilled
 	e.out.Result.ExecutionID = x.ID
-	p := price
-	e.out.Result.Price = &p
+	p, pl := price, realized
+	e.out.Result.Price, e.out.Result.AccountSeq, e.out.Result.RealizedPL, e.out.Result.Currency = &p, x.AccountSeq, &pl, x.Currency
 	return ""
 }
 
@@ -465,7 +466,7 @@ func (e *engine) reject(o *order, reason string) {
 	e.out.Result.Status = eventing.ResultRejected
 	e.out.Result.Reason = reason
 	e.out.Result.ExecutionID = ""
-	e.out.Result.Price = nil
+	e.out.Result.Price, e.out.Result.AccountSeq, e.out.Result.RealizedPL, e.out.Result.Currency = nil, 0, nil, ""
 }
 
 // commandReject records a client command that could not be carried out (no order changed).

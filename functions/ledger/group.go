@@ -206,7 +206,8 @@ func (l *Ledger) commitOn(ctx context.Context, c *pgx.Conn, reqs []*request) (*r
 	if err := c.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("begin round: %w", err)
 	}
-	now := time.Now().UTC()
+	// PostgreSQL keeps microseconds: the results and events carry exactly the times the rows hold.
+	now := time.Now().UTC().Truncate(time.Microsecond)
 	r := &round{items: make([]roundItem, 0, len(reqs)), drain: oldest != nil && now.Sub(*oldest) > outboxStaleMs*time.Millisecond}
 	var writes roundWrites
 	for i, req := range reqs {

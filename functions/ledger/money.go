@@ -52,18 +52,9 @@ const (
 // errNoQuote marks a valuation that needs a quote the price source does not have.
 var errNoQuote = errors.New("no quote")
 
-// minorUnits is how many decimals amounts of a currency are booked with.
-func minorUnits(c fx.Currency) int32 {
-	switch c {
-	case "JPY":
-		return 0
-	}
-	return 2
-}
-
 // roundAmount rounds an amount of currency c to its minor units (half away from zero).
 func roundAmount(v decimal.Decimal, c fx.Currency) decimal.Decimal {
-	return v.Round(minorUnits(c))
+	return v.Round(c.MinorUnits())
 }
 
 // pricer values amounts and positions at the quotes of a price source.

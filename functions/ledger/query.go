@@ -125,9 +125,7 @@ func (l *Ledger) accountView(ctx context.Context, id string) (*ledgerv1.Account,
 }
 
 // money renders an amount of currency c at its minor units.
-func money(v decimal.Decimal, c fx.Currency) string {
-	return v.StringFixed(minorUnits(c))
-}
+func money(v decimal.Decimal, c fx.Currency) string { return c.FormatAmount(v) }
 
 func (l *Ledger) readPositions(ctx context.Context, id string) (map[fx.Pair]position, error) {
 	rows, err := l.pool.Query(ctx, `SELECT pair, units, average_price FROM ledger.positions WHERE account_id = $1`, id)

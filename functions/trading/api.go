@@ -424,6 +424,11 @@ func (req OrderRequest) orderSpec() (*eventing.OrderSpec, error) {
 	if spec.Type == "" {
 		spec.Type = eventing.OrderTypeMarket
 	}
+	if spec.GoodTill != nil {
+		// The ledger keeps microseconds; the order shows the time it will hold.
+		t := spec.GoodTill.UTC().Truncate(time.Microsecond)
+		spec.GoodTill = &t
+	}
 	if spec.TimeInForce == "" {
 		spec.TimeInForce = eventing.TimeInForceGTC
 		if spec.Type == eventing.OrderTypeMarket {
@@ -531,8 +536,13 @@ func (s *Service) submit(w http.ResponseWriter, ctx context.Context, cmd *eventi
 	return nil, true
 }
 
-// decidedOrder is the order after the ledger's decision, as the query service shows it.
+// decidedOrder is the order after the ledger's decision, as the query service shows it: from the
+// result when it describes the recorded order, else read from the ledger.
 func (s *Service) decidedOrder(ctx context.Context, acct, orderID string, spec *eventing.OrderSpec, res *eventing.OrderResultV1) OrderView {
+	if v, ok := placedView(acct, orderID, spec, res); ok {
+		return v
+	}
+	s.m.decidedReads.Inc()
 	ctx, cancel := ledgerCtx(ctx)
 	defer cancel()
 	o, err := s.ledger.GetOrder(ctx, &ledgerv1.GetOrderRequest{AccountId: acct, Key: &ledgerv1.GetOrderRequest_OrderId{OrderId: orderID}})

@@ -184,6 +184,9 @@ type metrics struct {
 	rateLimited  prometheus.Counter
 	// submittedRecordErrors counts 202 answers whose order could not be noted as submitted.
 	submittedRecordErrors prometheus.Counter
+	// decidedReads counts decided orders read back from the ledger because their result did not
+	// describe them (see placedView); placements normally need no read.
+	decidedReads prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -197,8 +200,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Requests refused with 429."}),
 		submittedRecordErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "kawase_trading_submitted_record_errors_total",
 			Help: "Orders answered 202 that could not be noted as submitted (GET answers 404 until the ledger applies them)."}),
+		decidedReads: prometheus.NewCounter(prometheus.CounterOpts{Name: "kawase_trading_decided_order_reads_total",
+			Help: "Decided orders read back from the ledger's query service because their result did not describe them."}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.orderSeconds, m.rateLimited, m.submittedRecordErrors} {
+	for _, c := range []prometheus.Collector{m.requests, m.orderSeconds, m.rateLimited, m.submittedRecordErrors, m.decidedReads} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("trading metrics: %w", err)
 		}

@@ -213,6 +213,34 @@ func submittedView(acct, orderID string, spec *eventing.OrderSpec, res *eventing
 	return v
 }
 
+// executionReasonOrder is the reason of an execution that filled an order when it was placed (the
+// others are "trigger" and "closeout").
+const executionReasonOrder = "order"
+
+// placedView is the order a placement recorded, built from the command's spec and the ledger's result
+// exactly as the ledger's query service shows it right after, so a decided placement is answered
+// without asking the ledger again. ok is false when the result does not describe a recorded order
+// fully (a placement refused before recording, or a result from a ledger that did not say).
+func placedView(acct, orderID string, spec *eventing.OrderSpec, res *eventing.OrderResultV1) (v OrderView, ok bool) {
+	if !res.Placed || res.OrderID != orderID {
+		return OrderView{}, false
+	}
+	filled := res.Status == eventing.ResultFilled
+	if filled && (res.ExecutionID == "" || res.Price == nil || res.RealizedPL == nil || res.Currency == "" || res.AccountSeq < 1) {
+		return OrderView{}, false
+	}
+	v = submittedView(acct, orderID, spec, nil)
+	at := res.DecidedAt.UTC().Format(time.RFC3339Nano)
+	v.Status, v.Reason, v.CreatedAt, v.UpdatedAt = resultStatus(res.Status), res.Reason, at, at
+	if filled {
+		v.Execution = &ExecutionView{ID: res.ExecutionID, AccountSeq: res.AccountSeq, OrderID: orderID, Pair: v.Pair,
+			Side: v.Side, Units: v.Units, Price: formatPrice(spec.Pair, *res.Price),
+			RealizedPL: res.Currency.FormatAmount(*res.RealizedPL), Currency: string(res.Currency),
+			Reason: executionReasonOrder, ExecutedAt: at}
+	}
+	return v, true
+}
+
 // resultStatus maps a result status to the order status it leaves.
 func resultStatus(s string) string {
 	if s == eventing.ResultAccepted {
