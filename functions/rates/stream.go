@@ -15,7 +15,10 @@ import (
 // at the default interval) or whose write blocks for streamWriteTimeoutMs is dropped, so a slow
 // client never holds more than a few pointers and one write buffer.
 const (
-	streamBacklogMax     = 8
+	streamBacklogMax = 8
+	// streamPublishGroups is how many phases of the conflation interval the subscribers are spread
+	// over (see hub).
+	streamPublishGroups  = 10
 	streamWriteTimeoutMs = 5_000
 	// streamRetryMs is the reconnection delay an EventSource is told to use.
 	streamRetryMs = 1_000
@@ -57,6 +60,7 @@ func appendUpdates(dst []byte, emitted time.Time, entries []*entry) []byte {
 // subscriber is one stream client as the hub sees it.
 type subscriber struct {
 	filter  []bool // by pair index; nil means every pair
+	group   int    // the hub group it is published with
 	ch      chan *batch
 	gone    chan struct{} // closed when dropped or when the hub stops
 	goneErr error
@@ -121,34 +125,57 @@ func (s *subscriber) conflate(first *batch, sent []uint64, latest []*entry) []*e
 }
 
 // hub publishes, once per conflation interval, the entries that changed since the last interval to
-// every subscriber: one shared batch, so fan-out costs one channel send per client per interval
-// however many rates arrived.
+// every subscriber: one shared batch per group, so fan-out costs one channel send per client per
+// interval however many rates arrived. The subscribers are spread over streamPublishGroups groups,
+// each published at its own phase of the interval, so a tick wakes a tenth of the clients rather than
+// all of them at once: with 5,000 streams one burst delayed the last client by the whole fan-out and
+// stalled everything else the process serves meanwhile. Each client still gets at most one update
+// per pair per interval.
 type hub struct {
 	book *book
 	cfg  Config
 	m    *metrics
 
 	mu      sync.Mutex
-	subs    map[*subscriber]struct{}
-	sent    []uint64
+	groups  [streamPublishGroups]hubGroup
+	count   int
 	stopped bool
 }
 
-func newHub(b *book, cfg Config, m *metrics) *hub {
-	return &hub{book: b, cfg: cfg, m: m, subs: map[*subscriber]struct{}{}, sent: make([]uint64, len(b.specs))}
+// hubGroup is the subscribers published at one phase of the interval and what was last published
+// to them.
+type hubGroup struct {
+	subs map[*subscriber]struct{}
+	sent []uint64
 }
 
+func newHub(b *book, cfg Config, m *metrics) *hub {
+	h := &hub{book: b, cfg: cfg, m: m}
+	for i := range h.groups {
+		h.groups[i] = hubGroup{subs: map[*subscriber]struct{}{}, sent: make([]uint64, len(b.specs))}
+	}
+	return h
+}
+
+// subscribe adds a subscriber to the smallest group.
 func (h *hub) subscribe(filter []bool) (*subscriber, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.stopped {
 		return nil, context.Canceled
 	}
-	if len(h.subs) >= h.cfg.StreamClientsMax {
+	if h.count >= h.cfg.StreamClientsMax {
 		return nil, ErrTooManyStreams
 	}
-	s := &subscriber{filter: filter, ch: make(chan *batch, streamBacklogMax), gone: make(chan struct{})}
-	h.subs[s] = struct{}{}
+	g := 0
+	for i := range h.groups {
+		if len(h.groups[i].subs) < len(h.groups[g].subs) {
+			g = i
+		}
+	}
+	s := &subscriber{filter: filter, group: g, ch: make(chan *batch, streamBacklogMax), gone: make(chan struct{})}
+	h.groups[g].subs[s] = struct{}{}
+	h.count++
 	h.m.streamClients.Inc()
 	return s, nil
 }
@@ -156,37 +183,51 @@ func (h *hub) subscribe(filter []bool) (*subscriber, error) {
 func (h *hub) unsubscribe(s *subscriber) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if _, ok := h.subs[s]; ok {
-		delete(h.subs, s)
-		h.m.streamClients.Dec()
-	}
+	h.remove(s)
 }
 
+// remove takes s out of its group; h.mu must be held.
+func (h *hub) remove(s *subscriber) bool {
+	subs := h.groups[s.group].subs
+	if _, ok := subs[s]; !ok {
+		return false
+	}
+	delete(subs, s)
+	h.count--
+	h.m.streamClients.Dec()
+	return true
+}
+
+// run publishes one group per tick, every group once per conflation interval.
 func (h *hub) run(ctx context.Context) error {
-	t := time.NewTicker(h.cfg.ConflateInterval)
+	t := time.NewTicker(max(h.cfg.ConflateInterval/streamPublishGroups, time.Microsecond))
 	defer t.Stop()
 	defer h.stop()
-	for {
+	for g := 0; ; g = (g + 1) % streamPublishGroups {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-t.C:
-			h.publish(time.Now())
+			h.publish(g, time.Now())
 		}
 	}
 }
 
-// publish sends the entries changed since the last call to every subscriber, dropping those whose
-// backlog is full.
-func (h *hub) publish(now time.Time) {
+// publish sends the entries changed since group g's last publication to its subscribers, dropping
+// those whose backlog is full.
+func (h *hub) publish(g int, now time.Time) {
 	snap := h.book.load()
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	grp := &h.groups[g]
+	if len(grp.subs) == 0 {
+		return
+	}
 	var changed []*entry
 	for i, e := range snap.entries {
-		if e != nil && e.version > h.sent[i] {
+		if e != nil && e.version > grp.sent[i] {
 			changed = append(changed, e)
-			h.sent[i] = e.version
+			grp.sent[i] = e.version
 		}
 	}
 	if len(changed) == 0 {
@@ -194,12 +235,11 @@ func (h *hub) publish(now time.Time) {
 	}
 	b := newBatch(now, changed)
 	h.m.streamBatches.Inc()
-	for s := range h.subs {
+	for s := range grp.subs {
 		select {
 		case s.ch <- b:
 		default:
-			delete(h.subs, s)
-			h.m.streamClients.Dec()
+			h.remove(s)
 			h.m.streamDropped.Inc()
 			s.end(errDropped)
 		}
@@ -211,10 +251,11 @@ func (h *hub) stop() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.stopped = true
-	for s := range h.subs {
-		delete(h.subs, s)
-		h.m.streamClients.Dec()
-		s.end(context.Canceled)
+	for g := range h.groups {
+		for s := range h.groups[g].subs {
+			h.remove(s)
+			s.end(context.Canceled)
+		}
 	}
 }
 

@@ -265,3 +265,47 @@ func TestWatchPrintsLiveRates(t *testing.T) {
 	err := client.Watch(t.Context(), env.srv.URL, []fx.Pair{"EUR_GBP"}, out)
 	mustf(t, errors.Is(err, client.ErrRefused), "watch of an unserved pair: %v", err)
 }
+
+// TestSSEClientsPublishedAtSpreadPhases: stream clients are published at different phases of the
+// conflation interval, not all in one burst, and each still gets at most one update per interval.
+func TestSSEClientsPublishedAtSpreadPhases(t *testing.T) {
+	const (
+		interval = 200 * time.Millisecond
+		clients  = 10
+		updates  = 4
+	)
+	env := startRates(t, rates.Config{Pairs: apiPairs, ConflateInterval: interval}, nil)
+	for _, p := range apiPairs {
+		env.publish(t, quote(p, 1, 1))
+	}
+	eventually(t, "ready", func() bool { return env.svc.Ready(t.Context()) == nil })
+	ctx, cancel := context.WithCancel(t.Context())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	url := client.StreamURL(env.srv.URL, []fx.Pair{"USD_JPY"})
+	streams := make([]<-chan client.Event, clients)
+	for i := range streams {
+		streams[i] = streamEvents(t, ctx, url)
+		next(t, streams[i], "snapshot")
+	}
+	wg.Go(func() {
+		for i := 2; ctx.Err() == nil; i++ {
+			_ = env.tryPublish(ctx, quote("USD_JPY", i%900+2, 1)) // a failure shows as missing updates
+			time.Sleep(5 * time.Millisecond)
+		}
+	})
+	phases := map[int64]bool{}
+	for i, ch := range streams {
+		var last time.Time
+		for n := range updates {
+			e := next(t, ch, "rate")
+			if n > 0 {
+				gap := e.Emitted.Sub(last)
+				mustf(t, gap >= interval/2, "client %d: updates %v apart, the interval is %v", i, gap, interval)
+			}
+			last = e.Emitted
+		}
+		phases[last.UnixMilli()%interval.Milliseconds()/(interval.Milliseconds()/clients)] = true
+	}
+	mustf(t, len(phases) >= clients/2, "%d clients were published at only %d phases of the interval", clients, len(phases))
+}
