@@ -115,40 +115,12 @@ func quoteDecimal(b []byte) (decimal.Decimal, error) {
 	return decimal.New(n, int32(exp)), nil
 }
 
-// Shapes of MDEntryDate(272) and MDEntryTime(273) entryTime reads itself.
-const (
-	mdEntryDateBytes     = len("20060102")
-	mdEntryTimeBytes     = len("15:04:05")
-	mdEntryFracDigitsMax = 9
-)
-
 // entryTime reads MDEntryDate(272) and MDEntryTime(273) as time.Parse does with
 // mdEntryTimestampLayout, without building the string it needs: the common shapes directly, anything
 // else through time.Parse.
 func entryTime(date, clock []byte) (time.Time, error) {
-	digits := fixspec.Digits
-	frac := len(clock) - mdEntryTimeBytes - 1
-	if len(date) == mdEntryDateBytes && (frac == -1 || frac >= 1 && frac <= mdEntryFracDigitsMax && clock[mdEntryTimeBytes] == '.') &&
-		clock[2] == ':' && clock[5] == ':' {
-		y, yok := digits(date[:4])
-		mo, mook := digits(date[4:6])
-		d, dok := digits(date[6:8])
-		h, hok := digits(clock[:2])
-		mi, miok := digits(clock[3:5])
-		sec, sok := digits(clock[6:8])
-		ns, nok := 0, true
-		if frac > 0 {
-			ns, nok = digits(clock[mdEntryTimeBytes+1:])
-			for range mdEntryFracDigitsMax - frac {
-				ns *= 10
-			}
-		}
-		if yok && mook && dok && hok && miok && sok && nok && mo >= 1 && mo <= 12 && d >= 1 && h < 24 && mi < 60 && sec < 60 {
-			t := time.Date(y, time.Month(mo), d, h, mi, sec, ns, time.UTC)
-			if t.Day() == d { // not normalised past the month's end
-				return t, nil
-			}
-		}
+	if t, ok := fixspec.DateAndClock(date, clock); ok {
+		return t, nil
 	}
 	return time.Parse(mdEntryTimestampLayout, string(date)+" "+string(clock))
 }

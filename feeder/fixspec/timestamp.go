@@ -9,6 +9,8 @@ import (
 // Shapes of a FIX UTCTimestamp: "20060102-15:04:05" and optionally 3, 6 or 9 fractional digits.
 const (
 	utcTimestampSecondsBytes = len("20060102-15:04:05")
+	dateBytes                = len("20060102")
+	clockBytes               = len("15:04:05")
 	fracDigitsMax            = 9
 )
 
@@ -28,27 +30,31 @@ func UTCTimestamp(b []byte) (time.Time, error) {
 
 func utcTimestamp(b []byte) (time.Time, bool) {
 	frac := len(b) - utcTimestampSecondsBytes - 1
-	switch {
-	case frac == -1:
-	case frac == 3 || frac == 6 || frac == fracDigitsMax:
-		if b[utcTimestampSecondsBytes] != '.' {
-			return time.Time{}, false
-		}
-	default:
+	if frac != -1 && frac != 3 && frac != 6 && frac != fracDigitsMax || b[dateBytes] != '-' {
 		return time.Time{}, false
 	}
-	if b[8] != '-' || b[11] != ':' || b[14] != ':' {
+	return DateAndClock(b[:dateBytes], b[dateBytes+1:])
+}
+
+// DateAndClock reads a date "YYYYMMDD" and a UTC time of day "HH:MM:SS", optionally with '.' and 1 to
+// 9 fractional digits, without building strings: the two halves of a UTCTimestamp, and FIX's
+// MDEntryDate(272) and MDEntryTime(273). ok is false for any other shape and for an impossible date
+// or time.
+func DateAndClock(date, clock []byte) (t time.Time, ok bool) {
+	frac := len(clock) - clockBytes - 1
+	if len(date) != dateBytes || frac < -1 || frac == 0 || frac > fracDigitsMax || clock[2] != ':' || clock[5] != ':' ||
+		frac > 0 && clock[clockBytes] != '.' {
 		return time.Time{}, false
 	}
-	y, ok1 := Digits(b[0:4])
-	mo, ok2 := Digits(b[4:6])
-	d, ok3 := Digits(b[6:8])
-	h, ok4 := Digits(b[9:11])
-	mi, ok5 := Digits(b[12:14])
-	s, ok6 := Digits(b[15:17])
+	y, ok1 := Digits(date[0:4])
+	mo, ok2 := Digits(date[4:6])
+	d, ok3 := Digits(date[6:8])
+	h, ok4 := Digits(clock[0:2])
+	mi, ok5 := Digits(clock[3:5])
+	s, ok6 := Digits(clock[6:8])
 	ns, ok7 := 0, true
 	if frac > 0 {
-		ns, ok7 = Digits(b[utcTimestampSecondsBytes+1:])
+		ns, ok7 = Digits(clock[clockBytes+1:])
 		for range fracDigitsMax - frac {
 			ns *= 10
 		}
@@ -56,7 +62,7 @@ func utcTimestamp(b []byte) (time.Time, bool) {
 	if !ok1 || !ok2 || !ok3 || !ok4 || !ok5 || !ok6 || !ok7 || mo < 1 || mo > 12 || d < 1 || h > 23 || mi > 59 || s > 59 {
 		return time.Time{}, false
 	}
-	t := time.Date(y, time.Month(mo), d, h, mi, s, ns, time.UTC)
+	t = time.Date(y, time.Month(mo), d, h, mi, s, ns, time.UTC)
 	return t, t.Day() == d // not normalised past the month's end
 }
 
