@@ -532,12 +532,8 @@ func (r *kill9Run) settle(t *testing.T, acc kill9Accepted) kill9Books {
 		b = kill9Books{}
 		missing, open := 0, 0
 		for i, a := range r.accounts {
-			orders := readPages[trading.OrderPage](t, r, "/v1/accounts/"+a.view.ID+"/orders?pageSize="+strconv.Itoa(kill9PageSize),
-				func(p trading.OrderPage) string { return p.Next })
-			var list []trading.OrderView
-			for _, p := range orders {
-				list = append(list, p.Orders...)
-			}
+			list := readList(t, r, "/v1/accounts/"+a.view.ID+"/orders?pageSize="+strconv.Itoa(kill9PageSize),
+				func(p trading.OrderPage) ([]trading.OrderView, string) { return p.Orders, p.Next })
 			b.orders = append(b.orders, list)
 			seen := map[string]bool{}
 			for _, o := range list {
@@ -563,20 +559,12 @@ func (r *kill9Run) settle(t *testing.T, acc kill9Accepted) kill9Books {
 		time.Sleep(kill9PollMs * time.Millisecond)
 	}
 	for _, a := range r.accounts {
-		trades := readPages[trading.TradePage](t, r, "/v1/accounts/"+a.view.ID+"/trades?pageSize="+strconv.Itoa(kill9PageSize),
-			func(p trading.TradePage) string { return p.Next })
-		var tl []trading.ExecutionView
-		for _, p := range trades {
-			tl = append(tl, p.Trades...)
-		}
+		tl := readList(t, r, "/v1/accounts/"+a.view.ID+"/trades?pageSize="+strconv.Itoa(kill9PageSize),
+			func(p trading.TradePage) ([]trading.ExecutionView, string) { return p.Trades, p.Next })
 		b.trades = append(b.trades, tl)
 		b.executions += len(tl)
-		txs := readPages[trading.TransactionPage](t, r, "/v1/accounts/"+a.view.ID+"/transactions?pageSize="+strconv.Itoa(kill9PageSize),
-			func(p trading.TransactionPage) string { return p.Next })
-		var xl []trading.TransactionView
-		for _, p := range txs {
-			xl = append(xl, p.Transactions...)
-		}
+		xl := readList(t, r, "/v1/accounts/"+a.view.ID+"/transactions?pageSize="+strconv.Itoa(kill9PageSize),
+			func(p trading.TransactionPage) ([]trading.TransactionView, string) { return p.Transactions, p.Next })
 		b.transactions = append(b.transactions, xl)
 		var v trading.AccountView
 		if status, body := r.get(t, "/v1/accounts/"+a.view.ID); status != http.StatusOK || json.Unmarshal(body, &v) != nil {
@@ -927,18 +915,19 @@ func (r *kill9Run) get(t *testing.T, path string) (int, []byte) {
 	}
 }
 
-// readPages reads a paged list, following next links.
-func readPages[P any](t *testing.T, r *kill9Run, path string, next func(P) string) []P {
+// readList reads every item of a paged list, following next links; page splits a page into its items and next link.
+func readList[P, T any](t *testing.T, r *kill9Run, path string, page func(P) ([]T, string)) []T {
 	t.Helper()
-	var out []P
+	var out []T
 	for path != "" {
 		status, body := r.get(t, path)
 		var p P
 		if status != http.StatusOK || json.Unmarshal(body, &p) != nil {
 			t.Fatalf("GET %s: %d %s", path, status, body)
 		}
-		out = append(out, p)
-		path = next(p)
+		items, next := page(p)
+		out = append(out, items...)
+		path = next
 	}
 	return out
 }
