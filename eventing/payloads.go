@@ -238,6 +238,14 @@ func (o *OrderSpec) validatePending(spec fx.PairSpec) error {
 	return nil
 }
 
+// Execution reasons (TradeExecutedV1.Reason): an order filled when placed, a pending order triggered
+// by the price, or a position closed out for want of margin.
+const (
+	ExecutionReasonOrder    = "order"
+	ExecutionReasonTrigger  = "trigger"
+	ExecutionReasonCloseout = "closeout"
+)
+
 // TradeExecutedV1 reports one execution (fill) to downstream systems; the external system dedups by
 // ExecutionID and orders by AccountSeq.
 type TradeExecutedV1 struct {

@@ -169,3 +169,13 @@ func (s PairSpec) CheckPrice(price decimal.Decimal) error {
 func (s PairSpec) FormatPrice(price decimal.Decimal) string {
 	return price.StringFixed(s.Precision)
 }
+
+// FormatPrice prints a price of p with exactly p's decimals, as every view shows prices; a pair not in
+// the catalogue (an order recorded before it was removed) prints the price as it is.
+func (p Pair) FormatPrice(price decimal.Decimal) string {
+	s, err := Lookup(p)
+	if err != nil {
+		return price.String()
+	}
+	return s.FormatPrice(price)
+}

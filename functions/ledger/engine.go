@@ -34,12 +34,6 @@ const (
 	TxCommandReject = "command_reject"
 )
 
-// Execution reasons, as in TradeExecutedV1.Reason.
-const (
-	ExecReasonOrder    = "order"
-	ExecReasonTrigger  = "trigger"
-	ExecReasonCloseout = "closeout"
-)
 
 // Deterministic command id prefixes of the commands the ledger's watcher produces.
 const (
@@ -219,7 +213,7 @@ func (e *engine) placeMarket(o *order) {
 			return
 		}
 	}
-	if reason := e.fill(o, price, ExecReasonOrder, TxOrderFill, true); reason != "" {
+	if reason := e.fill(o, price, eventing.ExecutionReasonOrder, TxOrderFill, true); reason != "" {
 		e.reject(o, reason)
 	}
 }
@@ -231,7 +225,7 @@ func (e *engine) placePending(o *order) {
 	}
 	// A limit or stop order that is marketable when placed fills at once, as on an exchange.
 	if q, ok := e.prices.prices.Quote(o.Pair); ok && q.Tradeable && e.now.Sub(q.Time) <= e.quoteAgeMax && crossed(o, q) {
-		if reason := e.fill(o, triggerPrice(o, q, true), ExecReasonOrder, TxOrderFill, true); reason != "" {
+		if reason := e.fill(o, triggerPrice(o, q, true), eventing.ExecutionReasonOrder, TxOrderFill, true); reason != "" {
 			e.reject(o, reason)
 		}
 		return
@@ -312,7 +306,7 @@ func (e *engine) trigger(o *order) {
 	}
 	q, ok := e.prices.prices.Quote(o.Pair)
 	fresh := ok && q.Tradeable && e.now.Sub(q.Time) <= e.quoteAgeMax
-	if reason := e.fill(o, triggerPrice(o, q, fresh), ExecReasonTrigger, TxOrderFill, true); reason != "" {
+	if reason := e.fill(o, triggerPrice(o, q, fresh), eventing.ExecutionReasonTrigger, TxOrderFill, true); reason != "" {
 		e.reject(o, reason)
 	}
 }
@@ -362,7 +356,7 @@ func (e *engine) closePosition(pos position) {
 		TimeInForce: eventing.TimeInForceFOK, Status: StatusPending, Reason: ReasonMarginCloseout,
 		CommandID: e.cmd.CommandID, CreatedAt: e.now, UpdatedAt: e.now}
 	e.out.NewOrders = append(e.out.NewOrders, o)
-	if reason := e.fill(o, price, ExecReasonCloseout, TxCloseoutFill, false); reason != "" {
+	if reason := e.fill(o, price, eventing.ExecutionReasonCloseout, TxCloseoutFill, false); reason != "" {
 		panic("ledger: close-out fill refused: " + reason)
 	}
 	o.Reason = ReasonMarginCloseout

@@ -213,7 +213,7 @@ func TestPendingOrdersTriggerAndExpire(t *testing.T) {
 	book.Set(Quote{Pair: "USD_JPY", Bid: d("149.300"), Ask: d("149.310"), Time: testNow, Tradeable: true})
 	trig := &eventing.OrderCommandV1{CommandID: "trigger:L1", Kind: eventing.CommandTrigger, AccountID: "A", OrderID: "L1"}
 	eff = newEngine(l, acct, trig, testNow).apply(target{Order: o})
-	if eff.Result.Status != eventing.ResultFilled || !eff.Result.Price.Equal(d("149.310")) || eff.Executions[0].Reason != ExecReasonTrigger {
+	if eff.Result.Status != eventing.ResultFilled || !eff.Result.Price.Equal(d("149.310")) || eff.Executions[0].Reason != eventing.ExecutionReasonTrigger {
 		t.Fatalf("trigger = %+v", eff.Result)
 	}
 	// The same trigger again finds the order filled and changes nothing.
@@ -253,7 +253,7 @@ func TestCloseOutBelowHalfMargin(t *testing.T) {
 		t.Fatalf("close-out = %+v", eff.Result)
 	}
 	x := eff.Executions[0]
-	if x.Reason != ExecReasonCloseout || x.Side != "sell" || !x.Price.Equal(d("146.000")) || !x.RealizedPL.Equal(d("-64160")) {
+	if x.Reason != eventing.ExecutionReasonCloseout || x.Side != "sell" || !x.Price.Equal(d("146.000")) || !x.RealizedPL.Equal(d("-64160")) {
 		t.Fatalf("close-out execution = %+v", x)
 	}
 	if len(acct.Positions) != 0 || !acct.Balance.Equal(d("35840")) || eff.Transactions[0].Type != TxCloseoutFill {

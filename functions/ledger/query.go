@@ -183,10 +183,10 @@ func scanOrderView(row pgx.Row) (*ledgerv1.Order, error) {
 		Status: o.Status, Reason: o.Reason, CreatedAt: timestamppb.New(o.CreatedAt),
 		UpdatedAt: timestamppb.New(o.UpdatedAt), CommandId: o.CommandID}
 	if price.Valid {
-		v.Price = formatPrice(o.Pair, price.Decimal)
+		v.Price = o.Pair.FormatPrice(price.Decimal)
 	}
 	if bound.Valid {
-		v.PriceBound = formatPrice(o.Pair, bound.Decimal)
+		v.PriceBound = o.Pair.FormatPrice(bound.Decimal)
 	}
 	if o.GoodTill != nil {
 		v.GoodTill = timestamppb.New(*o.GoodTill)
@@ -200,17 +200,10 @@ func scanOrderView(row pgx.Row) (*ledgerv1.Order, error) {
 	return v, nil
 }
 
-func formatPrice(p fx.Pair, v decimal.Decimal) string {
-	spec, err := fx.Lookup(p)
-	if err != nil {
-		return v.String()
-	}
-	return spec.FormatPrice(v)
-}
 
 func executionView(x execution) *ledgerv1.Execution {
 	return &ledgerv1.Execution{Id: x.ID, AccountId: x.AccountID, AccountSeq: x.AccountSeq, OrderId: x.OrderID,
-		Pair: string(x.Pair), Side: x.Side, Units: x.Units.String(), Price: formatPrice(x.Pair, x.Price),
+		Pair: string(x.Pair), Side: x.Side, Units: x.Units.String(), Price: x.Pair.FormatPrice(x.Price),
 		RealizedPl: money(x.RealizedPL, x.Currency), Currency: string(x.Currency), Reason: x.Reason,
 		ExecutedAt: timestamppb.New(x.ExecutedAt)}
 }
@@ -375,7 +368,7 @@ func (s *queryServer) ListTransactions(ctx context.Context, r *ledgerv1.ListTran
 			v.Units = units.Decimal.String()
 		}
 		if price.Valid {
-			v.Price = formatPrice(t.Pair, price.Decimal)
+			v.Price = t.Pair.FormatPrice(price.Decimal)
 		}
 		out.Transactions = append(out.Transactions, v)
 	}

@@ -115,10 +115,10 @@ func submittedOrderProto(acct, id string, spec *eventing.OrderSpec) *ledgerv1.Or
 	o := &ledgerv1.Order{Id: id, AccountId: acct, ClientOrderId: spec.ClientOrderID, Pair: string(spec.Pair),
 		Side: spec.Side, Units: spec.Units.String(), Type: spec.Type, TimeInForce: spec.TimeInForce, Status: "pending"}
 	if spec.Price != nil {
-		o.Price = formatPrice(spec.Pair, *spec.Price)
+		o.Price = spec.Pair.FormatPrice(*spec.Price)
 	}
 	if spec.PriceBound != nil {
-		o.PriceBound = formatPrice(spec.Pair, *spec.PriceBound)
+		o.PriceBound = spec.Pair.FormatPrice(*spec.PriceBound)
 	}
 	return o
 }

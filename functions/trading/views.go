@@ -194,10 +194,10 @@ func submittedView(acct, orderID string, spec *eventing.OrderSpec, res *eventing
 		Units: spec.Units.String(), Type: spec.Type, TimeInForce: spec.TimeInForce, Status: StatusSubmitted,
 		Href: orderPath(acct, orderID)}
 	if spec.Price != nil {
-		v.Price = formatPrice(spec.Pair, *spec.Price)
+		v.Price = spec.Pair.FormatPrice(*spec.Price)
 	}
 	if spec.PriceBound != nil {
-		v.PriceBound = formatPrice(spec.Pair, *spec.PriceBound)
+		v.PriceBound = spec.Pair.FormatPrice(*spec.PriceBound)
 	}
 	if spec.GoodTill != nil {
 		v.GoodTill = spec.GoodTill.UTC().Format(time.RFC3339Nano)
@@ -212,10 +212,6 @@ func submittedView(acct, orderID string, spec *eventing.OrderSpec, res *eventing
 	}
 	return v
 }
-
-// executionReasonOrder is the reason of an execution that filled an order when it was placed (the
-// others are "trigger" and "closeout").
-const executionReasonOrder = "order"
 
 // placedView is the order a placement recorded, built from the command's spec and the ledger's result
 // exactly as the ledger's query service shows it right after, so a decided placement is answered
@@ -234,9 +230,9 @@ func placedView(acct, orderID string, spec *eventing.OrderSpec, res *eventing.Or
 	v.Status, v.Reason, v.CreatedAt, v.UpdatedAt = resultStatus(res.Status), res.Reason, at, at
 	if filled {
 		v.Execution = &ExecutionView{ID: res.ExecutionID, AccountSeq: res.AccountSeq, OrderID: orderID, Pair: v.Pair,
-			Side: v.Side, Units: v.Units, Price: formatPrice(spec.Pair, *res.Price),
+			Side: v.Side, Units: v.Units, Price: spec.Pair.FormatPrice(*res.Price),
 			RealizedPL: res.Currency.FormatAmount(*res.RealizedPL), Currency: string(res.Currency),
-			Reason: executionReasonOrder, ExecutedAt: at}
+			Reason: eventing.ExecutionReasonOrder, ExecutedAt: at}
 	}
 	return v, true
 }
@@ -267,13 +263,4 @@ func mustJSON(v any) []byte {
 		panic("trading: encode view: " + err.Error())
 	}
 	return b
-}
-
-// formatPrice writes a price at its pair's precision, as the ledger shows it.
-func formatPrice(p fx.Pair, price decimal.Decimal) string {
-	spec, err := fx.Lookup(p)
-	if err != nil {
-		return price.String()
-	}
-	return spec.FormatPrice(price)
 }
