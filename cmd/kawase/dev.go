@@ -21,8 +21,10 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
+	manifests "github.com/kawase-fx/kawase/config"
 	"github.com/kawase-fx/kawase/eventing"
 	"github.com/kawase-fx/kawase/eventing/broker"
+	"github.com/kawase-fx/kawase/eventing/manifest"
 	"github.com/kawase-fx/kawase/eventing/observe"
 	"github.com/kawase-fx/kawase/eventing/pgdb"
 )
@@ -257,13 +259,17 @@ func (e *devEnv) serve(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	dispatchRun, err := e.startDispatcher(e.httpAddr, built, mux, d)
+	set, err := manifest.Load(manifests.FS)
+	if err != nil {
+		return fmt.Errorf("dev: %w", err)
+	}
+	dispatchRun, err := e.startDispatcher(set, e.httpAddr, built, mux, d)
 	if err != nil {
 		return err
 	}
 	// Whatever no function serves is answered as problem+json, as in a cluster each Service does.
 	mux.HandleFunc("/", observe.Unrouted(mux))
-	specs, err := e.devChildren()
+	specs, err := e.devChildren(set)
 	if err != nil {
 		return err
 	}

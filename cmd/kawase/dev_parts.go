@@ -14,7 +14,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 
-	manifests "github.com/kawase-fx/kawase/config"
 	"github.com/kawase-fx/kawase/eventing/dispatch"
 	"github.com/kawase-fx/kawase/eventing/manifest"
 	"github.com/kawase-fx/kawase/functions/relay/extsim"
@@ -33,7 +32,7 @@ const (
 
 // devChildren are the processes kawase dev supervises as a Deployment would: the FIX simulator and
 // devFeederReplicaCount feeder replicas competing for leadership through a PostgreSQL advisory lock.
-func (e *devEnv) devChildren() ([]childSpec, error) {
+func (e *devEnv) devChildren(set *manifest.Set) ([]childSpec, error) {
 	fixAddr, err := freeLoopbackAddr()
 	if err != nil {
 		return nil, err
@@ -43,7 +42,7 @@ func (e *devEnv) devChildren() ([]childSpec, error) {
 		return nil, err
 	}
 	e.fixAddr, e.fixsimControl = fixAddr, "http://"+controlAddr
-	procs, err := feederProcs()
+	procs, err := feederProcs(set)
 	if err != nil {
 		return nil, err
 	}
@@ -72,23 +71,17 @@ func (e *devEnv) devChildren() ([]childSpec, error) {
 // limit (rounded up), which config/feeder.yaml sets. Dev gives its children the same, rather than one
 // per core of the machine: with a quote a millisecond, a process with more Ps than it needs spends
 // much of its CPU waking idle threads to hand each quote over.
-func feederProcs() (int, error) {
-	set, err := manifest.Load(manifests.FS)
-	if err != nil {
-		return 0, fmt.Errorf("dev: %w", err)
+func feederProcs(set *manifest.Set) (int, error) {
+	d := set.Deployment(devFeederDeployment)
+	if d == nil {
+		return 0, fmt.Errorf("dev: config/ has no Deployment %s", devFeederDeployment)
 	}
-	for _, d := range set.Deployments {
-		if d.Name != devFeederDeployment {
-			continue
+	for _, c := range d.Spec.Template.Spec.Containers {
+		if cpu, ok := c.Resources.Limits[corev1.ResourceCPU]; ok {
+			return cpuProcs(cpu), nil
 		}
-		for _, c := range d.Spec.Template.Spec.Containers {
-			if cpu, ok := c.Resources.Limits[corev1.ResourceCPU]; ok {
-				return cpuProcs(cpu), nil
-			}
-		}
-		return 0, fmt.Errorf("dev: Deployment %s in config/ has no CPU limit", devFeederDeployment)
 	}
-	return 0, fmt.Errorf("dev: config/ has no Deployment %s", devFeederDeployment)
+	return 0, fmt.Errorf("dev: Deployment %s in config/ has no CPU limit", devFeederDeployment)
 }
 
 // cpuProcs is the GOMAXPROCS Go derives from a CPU limit: the limit rounded up, at least 1.
@@ -140,11 +133,7 @@ func (e *devEnv) startExtsim() (func(context.Context) error, error) {
 // startDispatcher runs config/'s KafkaSources, KafkaChannel, Subscription and KafkaSinks locally,
 // delivering to the functions mounted at devServicePath on httpAddr. Consumers whose subscriber is a
 // function that is not running are left out, so their events wait in Kafka.
-func (e *devEnv) startDispatcher(httpAddr string, built map[string]bool, mux *http.ServeMux, d componentDeps) (func(context.Context) error, error) {
-	set, err := manifest.Load(manifests.FS)
-	if err != nil {
-		return nil, fmt.Errorf("dev: %w", err)
-	}
+func (e *devEnv) startDispatcher(set *manifest.Set, httpAddr string, built map[string]bool, mux *http.ServeMux, d componentDeps) (func(context.Context) error, error) {
 	top, err := dispatch.FromManifest(set)
 	if err != nil {
 		return nil, fmt.Errorf("dev: %w", err)

@@ -20,8 +20,10 @@ import (
 	"github.com/segmentio/kafka-go"
 	"k8s.io/apimachinery/pkg/api/resource"
 
+	manifests "github.com/kawase-fx/kawase/config"
 	"github.com/kawase-fx/kawase/eventing"
 	"github.com/kawase-fx/kawase/eventing/cekafka"
+	"github.com/kawase-fx/kawase/eventing/manifest"
 )
 
 // Limits of the dev-mode test.
@@ -322,7 +324,11 @@ func TestFeederProcsFollowTheManifest(t *testing.T) {
 			t.Errorf("cpuProcs(%s) = %d, want %d", limit, got, want)
 		}
 	}
-	procs, err := feederProcs()
+	set, err := manifest.Load(manifests.FS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	procs, err := feederProcs(set)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -170,15 +170,20 @@ func (p *Producer) sendOnce(ctx context.Context, calls []*produceCall, refresh b
 	leaders := map[leaderKey][]tp{}
 	balancer := &kafka.Murmur2Balancer{}
 	now := time.Now()
+	partitionIDs := map[string][]int{}
 	for _, c := range calls {
 		for _, m := range c.msgs {
 			parts := meta[m.Topic]
 			if len(parts) == 0 {
 				return fmt.Errorf("topic %s has no partitions", m.Topic)
 			}
-			ids := make([]int, len(parts))
-			for i, pt := range parts {
-				ids[i] = pt.ID
+			ids, ok := partitionIDs[m.Topic]
+			if !ok {
+				ids = make([]int, len(parts))
+				for i, pt := range parts {
+					ids[i] = pt.ID
+				}
+				partitionIDs[m.Topic] = ids
 			}
 			id := balancer.Balance(m, ids...)
 			k := tp{m.Topic, id}

@@ -83,7 +83,7 @@ type quoteWaiter interface {
 // of a price that is moments away.
 func (l *Ledger) awaitFirstQuotes(ctx context.Context) {
 	qw, ok := l.prices.(quoteWaiter)
-	if !ok {
+	if !ok || qw.Ready(ctx) == nil {
 		return
 	}
 	deadline := time.NewTimer(firstQuotesWaitMs * time.Millisecond)
