@@ -1,7 +1,10 @@
 package eventing
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -126,5 +129,33 @@ func TestCatalogueIsComplete(t *testing.T) {
 	}
 	if _, err := Lookup("kawase.nope.v1"); !errors.Is(err, ErrUnknownType) {
 		t.Errorf("Lookup unknown = %v", err)
+	}
+}
+
+// TestEventFromDataMatchesNewEvent: an event rebuilt from stored JSON (the ledger's outbox) is the
+// event NewEvent made of the payload, attribute for attribute and byte for byte.
+func TestEventFromDataMatchesNewEvent(t *testing.T) {
+	for typ, payloads := range samplePayloads() {
+		for i, p := range payloads {
+			want, err := NewEvent(typ, fmt.Sprintf("id-%d", i), p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := EventFromData(typ, want.ID(), p.PartitionKey(), want.Data(), want.Time())
+			if err != nil {
+				t.Fatal(err)
+			}
+			wb, _ := json.Marshal(want)
+			gb, _ := json.Marshal(got)
+			if !bytes.Equal(wb, gb) {
+				t.Errorf("%s sample %d:\n got %s\nwant %s", typ, i, gb, wb)
+			}
+		}
+	}
+	if _, err := EventFromData(TypeOrderResult, "", "acc", []byte(`{}`), time.Now()); err == nil {
+		t.Error("EventFromData accepted an empty id")
+	}
+	if _, err := EventFromData("kawase.nothing.v1", "x", "acc", []byte(`{}`), time.Now()); err == nil {
+		t.Error("EventFromData accepted an unknown type")
 	}
 }

@@ -40,13 +40,30 @@ func newEvent(spec Spec, source, id string, payload Payload) (cloudevents.Event,
 	if err != nil {
 		return cloudevents.Event{}, fmt.Errorf("encode %s payload: %w", spec.Type, err)
 	}
+	return eventOf(spec, source, id, payload.PartitionKey(), data, time.Now().UTC())
+}
+
+// EventFromData is the event NewEvent makes, at time at, of a payload whose JSON was validated and
+// stored earlier (an outbox row), without decoding and encoding it again.
+func EventFromData(eventType, id, partitionKey string, data []byte, at time.Time) (cloudevents.Event, error) {
+	spec, err := Lookup(eventType)
+	if err != nil {
+		return cloudevents.Event{}, err
+	}
+	if id == "" {
+		return cloudevents.Event{}, fmt.Errorf("new %s event: empty id", spec.Type)
+	}
+	return eventOf(spec, spec.Source, id, partitionKey, data, at)
+}
+
+func eventOf(spec Spec, source, id, partitionKey string, data []byte, at time.Time) (cloudevents.Event, error) {
 	e := cloudevents.NewEvent()
 	e.SetID(id)
 	e.SetType(spec.Type)
 	e.SetSource(source)
-	e.SetTime(time.Now().UTC())
+	e.SetTime(at)
 	e.SetDataSchema(spec.DataSchema)
-	e.SetExtension(ExtensionPartitionKey, payload.PartitionKey())
+	e.SetExtension(ExtensionPartitionKey, partitionKey)
 	if err := e.SetData(ContentTypeJSON, data); err != nil {
 		return cloudevents.Event{}, fmt.Errorf("set %s data: %w", spec.Type, err)
 	}

@@ -34,7 +34,6 @@ const (
 	TxCommandReject = "command_reject"
 )
 
-
 // Deterministic command id prefixes of the commands the ledger's watcher produces.
 const (
 	triggerCommandPrefix  = "trigger:"

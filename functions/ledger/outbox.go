@@ -7,7 +7,6 @@ import (
 	"sync"
 	"time"
 
-	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
@@ -78,23 +77,35 @@ func newOutboxEvent(eventType, id string, p eventing.Payload, now time.Time) (ou
 	return outboxEvent{Topic: spec.Topic, Type: eventType, ID: id, Key: p.PartitionKey(), Data: data, CreatedAt: now}, nil
 }
 
-// toCloudEvent rebuilds the CloudEvent of an outbox row, with the decision time as its time, so a
-// republished event is identical to the first.
-func (ev outboxEvent) toCloudEvent() (cloudevents.Event, error) {
+// message is the Kafka record of an outbox event, with the decision time as the CloudEvent's time,
+// so a republished event is identical to the first.
+func (ev outboxEvent) message() (kafka.Message, error) {
+	if ev.Topic != eventing.TopicOrderResults && ev.Topic != eventing.TopicExecutions {
+		panic("ledger: outbox row for topic " + ev.Topic + " the ledger does not write")
+	}
+	e, err := eventing.EventFromData(ev.Type, ev.ID, ev.Key, ev.Data, ev.CreatedAt.UTC())
+	if err != nil {
+		return kafka.Message{}, fmt.Errorf("publish outbox: %w", err)
+	}
+	m, err := cekafka.ToMessage(e)
+	if err != nil {
+		return kafka.Message{}, fmt.Errorf("publish outbox: %w", err)
+	}
+	m.Topic = ev.Topic
+	return m, nil
+}
+
+// checkData decodes a stored event's payload: every row was validated when it was written, so one that
+// no longer decodes is corrupt.
+func (ev outboxEvent) checkData() error {
 	spec, err := eventing.Lookup(ev.Type)
 	if err != nil {
-		return cloudevents.Event{}, err
+		return err
 	}
-	p := spec.New()
-	if err := json.Unmarshal(ev.Data, p); err != nil {
-		return cloudevents.Event{}, fmt.Errorf("decode outbox %s %s: %w", ev.Type, ev.ID, err)
+	if err := json.Unmarshal(ev.Data, spec.New()); err != nil {
+		return fmt.Errorf("decode outbox %s %s: %w", ev.Type, ev.ID, err)
 	}
-	e, err := eventing.NewEvent(ev.Type, ev.ID, p)
-	if err != nil {
-		return cloudevents.Event{}, err
-	}
-	e.SetTime(ev.CreatedAt.UTC())
-	return e, nil
+	return nil
 }
 
 // publisher moves committed outbox rows to Kafka. A committed round of commands publishes its own
@@ -131,17 +142,9 @@ func (p *publisher) close() {
 	p.producer.Close()
 }
 
-// publishEvents publishes the events of committed commands (each topic's in order).
+// publishEvents publishes the events of committed commands (in order, so each topic's are).
 func (p *publisher) publishEvents(ctx context.Context, events []outboxEvent) error {
-	byTopic := map[string][]cloudevents.Event{}
-	for _, ev := range events {
-		ce, err := ev.toCloudEvent()
-		if err != nil {
-			return err
-		}
-		byTopic[ev.Topic] = append(byTopic[ev.Topic], ce)
-	}
-	if err := p.publish(ctx, byTopic); err != nil {
+	if err := p.publish(ctx, events); err != nil {
 		return err
 	}
 	p.m.published.Add(float64(len(events)))
@@ -242,14 +245,14 @@ func (p *publisher) publishOn(ctx context.Context, c *pgx.Conn, before time.Time
 		cutoff = &before
 	}
 	var ids []int64
-	byTopic := map[string][]cloudevents.Event{}
+	var events []outboxEvent
 	b := &pgx.Batch{}
 	b.Queue(`BEGIN`)
 	b.Queue(`SELECT pg_advisory_xact_lock($1)`, int64(outboxAdvisoryLockID))
 	b.Queue(`SELECT id, topic, event_type, event_id, partition_key, data, created_at
 		FROM ledger.outbox WHERE $2::timestamptz IS NULL OR created_at < $2 ORDER BY id LIMIT $1`, outboxBatchMax, cutoff).Query(func(rows pgx.Rows) error {
 		var err error
-		ids, byTopic, err = readOutbox(rows)
+		ids, events, err = readOutbox(rows)
 		return err
 	})
 	if err := c.SendBatch(ctx, b).Close(); err != nil {
@@ -261,7 +264,7 @@ func (p *publisher) publishOn(ctx context.Context, c *pgx.Conn, before time.Time
 		}
 		return 0, nil
 	}
-	if err := p.publish(ctx, byTopic); err != nil {
+	if err := p.publish(ctx, events); err != nil {
 		return 0, err
 	}
 	b = &pgx.Batch{}
@@ -274,44 +277,37 @@ func (p *publisher) publishOn(ctx context.Context, c *pgx.Conn, before time.Time
 	return len(ids), nil
 }
 
-func readOutbox(rows pgx.Rows) ([]int64, map[string][]cloudevents.Event, error) {
+func readOutbox(rows pgx.Rows) ([]int64, []outboxEvent, error) {
 	var ids []int64
-	byTopic := map[string][]cloudevents.Event{}
+	var events []outboxEvent
 	for rows.Next() {
 		var id int64
 		var ev outboxEvent
 		if err := rows.Scan(&id, &ev.Topic, &ev.Type, &ev.ID, &ev.Key, &ev.Data, &ev.CreatedAt); err != nil {
 			return nil, nil, fmt.Errorf("read outbox: %w", err)
 		}
-		ce, err := ev.toCloudEvent()
-		if err != nil {
+		if err := ev.checkData(); err != nil {
 			// Every row was validated when it was written: one that no longer decodes is a bug.
 			panic(fmt.Sprintf("ledger: outbox row %d is corrupt: %v", id, err))
 		}
 		ids = append(ids, id)
-		byTopic[ev.Topic] = append(byTopic[ev.Topic], ce)
+		events = append(events, ev)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, nil, fmt.Errorf("read outbox: %w", err)
 	}
-	return ids, byTopic, nil
+	return ids, events, nil
 }
 
-// publish writes the events (each topic's in order) to Kafka in one go.
-func (p *publisher) publish(ctx context.Context, byTopic map[string][]cloudevents.Event) error {
-	var msgs []kafka.Message
-	for topic, events := range byTopic {
-		if topic != eventing.TopicOrderResults && topic != eventing.TopicExecutions {
-			panic("ledger: outbox row for topic " + topic + " the ledger does not write")
+// publish writes the events to Kafka in one go, in order (so each topic's are).
+func (p *publisher) publish(ctx context.Context, events []outboxEvent) error {
+	msgs := make([]kafka.Message, 0, len(events))
+	for _, ev := range events {
+		m, err := ev.message()
+		if err != nil {
+			return err
 		}
-		for _, e := range events {
-			m, err := cekafka.ToMessage(e)
-			if err != nil {
-				return fmt.Errorf("publish outbox: %w", err)
-			}
-			m.Topic = topic
-			msgs = append(msgs, m)
-		}
+		msgs = append(msgs, m)
 	}
 	if err := p.producer.WriteMessages(ctx, msgs...); err != nil {
 		return fmt.Errorf("publish outbox: %w", err)

@@ -200,7 +200,6 @@ func scanOrderView(row pgx.Row) (*ledgerv1.Order, error) {
 	return v, nil
 }
 
-
 func executionView(x execution) *ledgerv1.Execution {
 	return &ledgerv1.Execution{Id: x.ID, AccountId: x.AccountID, AccountSeq: x.AccountSeq, OrderId: x.OrderID,
 		Pair: string(x.Pair), Side: x.Side, Units: x.Units.String(), Price: x.Pair.FormatPrice(x.Price),
