@@ -57,8 +57,10 @@ func (l *Ledger) OpenAccount(ctx context.Context, id string, ccy fx.Currency, de
 		t := transaction{AccountID: id, ID: 1, Type: TxAccountOpen, CommandID: openCommandID, Amount: deposit,
 			Balance: deposit, Time: now, Entry: je}
 		t.Entry.mustBalance("opening of " + id)
+		var w roundWrites
+		w.addTransactions([]transaction{t})
 		b := &pgx.Batch{}
-		queueTransactions(b, []transaction{t})
+		w.queue(b, nil)
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return fmt.Errorf("open account %s: %w", id, err)
 		}

@@ -27,8 +27,14 @@ type roundWrites struct {
 		goodTill                                                          []*time.Time
 		created, updated                                                  []time.Time
 	}
-	updated []*order
-	execs   struct {
+	// changed are orders the round updates (at most once each: a command finishes an order once, and
+	// a round holds one command per account).
+	changed struct {
+		id, status, reason []string
+		execID             []*string
+		at                 []time.Time
+	}
+	execs struct {
 		id, account, orderID, pair, side, units, price, pl, ccy, reason []string
 		seq                                                             []int64
 		at                                                              []time.Time
@@ -94,7 +100,11 @@ func (w *roundWrites) addEffects(a *accountState, cmd *eventing.OrderCommandV1, 
 		ow.execID = append(ow.execID, optString(o.ExecutionID))
 		ow.created, ow.updated = append(ow.created, o.CreatedAt), append(ow.updated, o.UpdatedAt)
 	}
-	w.updated = append(w.updated, eff.Updated...)
+	for _, o := range eff.Updated {
+		cw := &w.changed
+		cw.id, cw.status, cw.reason = append(cw.id, o.ID), append(cw.status, o.Status), append(cw.reason, o.Reason)
+		cw.execID, cw.at = append(cw.execID, optString(o.ExecutionID)), append(cw.at, o.UpdatedAt)
+	}
 	for _, x := range eff.Executions {
 		xw := &w.execs
 		xw.id, xw.account, xw.seq, xw.orderID = append(xw.id, x.ID), append(xw.account, x.AccountID), append(xw.seq, x.AccountSeq), append(xw.orderID, x.OrderID)
@@ -111,7 +121,13 @@ func (w *roundWrites) addEffects(a *accountState, cmd *eventing.OrderCommandV1, 
 		pw.account, pw.pair = append(pw.account, a.ID), append(pw.pair, string(pair))
 		pw.units, pw.avg, pw.at = append(pw.units, p.Units.String()), append(pw.avg, p.AveragePrice.String()), append(pw.at, eff.Result.DecidedAt)
 	}
-	for _, t := range eff.Transactions {
+	w.addTransactions(eff.Transactions)
+	return w.addInbox(cmd, eff.Result, events)
+}
+
+// addTransactions adds transactions and their postings.
+func (w *roundWrites) addTransactions(txs []transaction) {
+	for _, t := range txs {
 		tw := &w.txs
 		tw.account, tw.id, tw.typ, tw.command = append(tw.account, t.AccountID), append(tw.id, t.ID), append(tw.typ, t.Type), append(tw.command, t.CommandID)
 		tw.orderID, tw.execID, tw.pair, tw.side = append(tw.orderID, t.OrderID), append(tw.execID, t.ExecutionID), append(tw.pair, string(t.Pair)), append(tw.side, t.Side)
@@ -123,7 +139,6 @@ func (w *roundWrites) addEffects(a *accountState, cmd *eventing.OrderCommandV1, 
 			jw.ccy, jw.amount, jw.at = append(jw.ccy, string(p.Currency)), append(jw.amount, p.Amount.String()), append(jw.at, t.Time)
 		}
 	}
-	return w.addInbox(cmd, eff.Result, events)
 }
 
 // addInbox adds the inbox entry of cmd (its first result) and its outbox events. A command recorded
@@ -166,9 +181,12 @@ func (w *roundWrites) queue(b *pgx.Batch, outboxIDs *[]int64) {
 			o.id, o.account, o.seq, o.clientID, o.pair, o.side, o.units, o.typ, o.price, o.bound, o.tif, o.goodTill,
 			o.status, o.reason, o.command, o.execID, o.created, o.updated)
 	}
-	for _, o := range w.updated {
-		b.Queue(`UPDATE ledger.orders SET status = $2, reason = $3, execution_id = nullif($4, ''), updated_at = $5
-			WHERE id = $1`, o.ID, o.Status, o.Reason, o.ExecutionID, o.UpdatedAt)
+	if c := &w.changed; len(c.id) > 0 {
+		b.Queue(`UPDATE ledger.orders o SET status = u.status, reason = u.reason, execution_id = u.execution_id,
+			updated_at = u.updated_at
+			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+			AS u(id, status, reason, execution_id, updated_at)
+			WHERE o.id = u.id`, c.id, c.status, c.reason, c.execID, c.at)
 	}
 	if x := &w.execs; len(x.id) > 0 {
 		b.Queue(`INSERT INTO ledger.executions (id, account_id, account_seq, order_id, pair, side, units, price,

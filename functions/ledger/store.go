@@ -121,26 +121,6 @@ func scanOrder(row pgx.Row) (*order, error) {
 	return &o, nil
 }
 
-func queueTransactions(b *pgx.Batch, txs []transaction) {
-	for _, t := range txs {
-		b.Queue(`INSERT INTO ledger.transactions (account_id, id, type, command_id, order_id, execution_id, pair, side,
-			units, price, amount, balance, reason, time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)`,
-			t.AccountID, t.ID, t.Type, t.CommandID, t.OrderID, t.ExecutionID, t.Pair, t.Side, nullDecimal(t.Units),
-			nullDecimal(t.Price), t.Amount, t.Balance, t.Reason, t.Time)
-		for _, p := range t.Entry {
-			b.Queue(`INSERT INTO ledger.postings (entry_account, entry_tx, book, currency, amount, posted_at)
-				VALUES ($1, $2, $3, $4, $5, $6)`, t.AccountID, t.ID, p.Book, p.Currency, p.Amount, t.Time)
-		}
-	}
-}
-
-func nullDecimal(d *decimal.Decimal) decimal.NullDecimal {
-	if d == nil {
-		return decimal.NullDecimal{}
-	}
-	return decimal.NullDecimal{Decimal: *d, Valid: true}
-}
-
 // unknownAccountResult is the result of a command about an account the ledger does not have.
 func unknownAccountResult(cmd *eventing.OrderCommandV1, now time.Time) eventing.OrderResultV1 {
 	return eventing.OrderResultV1{CommandID: cmd.CommandID, AccountID: cmd.AccountID, OrderID: cmd.OrderID,
