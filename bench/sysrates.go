@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -113,24 +112,7 @@ func (r *rounds) figures(what, note string) []figure {
 func boardBytes(ctx context.Context, url, acceptEncoding string) ([]byte, string, error) {
 	ctx, cancel := context.WithTimeout(ctx, devHTTPTimeoutS*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return nil, "", err
-	}
-	if acceptEncoding != "" {
-		req.Header.Set("Accept-Encoding", acceptEncoding)
-	}
-	hc := &http.Client{Transport: &http.Transport{DisableCompression: true}}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return nil, "", err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		return nil, "", fmt.Errorf("GET %s: %s %w", url, resp.Status, err)
-	}
-	return body, resp.Header.Get("Content-Encoding"), nil
+	return loadtest.Fetch(ctx, url, acceptEncoding)
 }
 
 func getLoad(ctx context.Context, url, acceptEncoding string, d time.Duration) (loadtest.Result, error) {

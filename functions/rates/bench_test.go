@@ -3,7 +3,6 @@ package rates_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -109,23 +108,11 @@ func BenchmarkGetRates(b *testing.B) {
 // fetch gets url as the load will (not decompressed) and returns the body and its Content-Encoding.
 func fetch(b *testing.B, url, acceptEncoding string) ([]byte, string) {
 	b.Helper()
-	req, err := http.NewRequest(http.MethodGet, url, nil)
+	body, enc, err := loadtest.Fetch(b.Context(), url, acceptEncoding)
 	if err != nil {
 		b.Fatal(err)
 	}
-	if acceptEncoding != "" {
-		req.Header.Set("Accept-Encoding", acceptEncoding)
-	}
-	resp, err := (&http.Client{Transport: &http.Transport{DisableCompression: true}}).Do(req)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		b.Fatalf("GET %s: %d %v", url, resp.StatusCode, err)
-	}
-	return body, resp.Header.Get("Content-Encoding")
+	return body, enc
 }
 
 func runLoad(b *testing.B, url string, revalidate bool, acceptEncoding string) loadtest.Result {

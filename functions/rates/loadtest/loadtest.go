@@ -58,6 +58,8 @@ type Options struct {
 // getter makes one request and returns its latency, status and body bytes.
 type getter interface {
 	get(ctx context.Context) (time.Duration, int, int64, error)
+	// close releases what the getter holds alone when the run ends.
+	close()
 }
 
 // Result is what a GET load measured.
@@ -91,17 +93,22 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	if o.URL == "" || o.Concurrency < 1 || o.Concurrency > concurrencyMax || (o.Requests <= 0 && o.Duration <= 0) {
 		return Result{}, fmt.Errorf("loadtest: need a URL, 1 to %d clients and a duration or request count", concurrencyMax)
 	}
-	hc := o.Client
-	if hc == nil {
-		hc = NewClient(o.Concurrency)
-	}
 	if o.AcceptEncoding != "" && !o.Wire {
 		return Result{}, fmt.Errorf("loadtest: AcceptEncoding needs Wire")
 	}
+	var newGetter func() getter
 	if o.Wire {
-		if _, err := newWireWorker(o.URL, o.Revalidate, o.AcceptEncoding); err != nil {
+		proto, err := newWireWorker(o.URL, o.Revalidate, o.AcceptEncoding)
+		if err != nil {
 			return Result{}, err
 		}
+		newGetter = func() getter { ww := *proto; return &ww }
+	} else {
+		hc := o.Client
+		if hc == nil {
+			hc = NewClient(o.Concurrency)
+		}
+		newGetter = func() getter { return &worker{hc: hc, url: o.URL, revalidate: o.Revalidate} }
 	}
 	if o.Requests <= 0 {
 		var cancel context.CancelFunc
@@ -122,12 +129,8 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var w getter = &worker{hc: hc, url: o.URL, revalidate: o.Revalidate}
-			if o.Wire {
-				ww, _ := newWireWorker(o.URL, o.Revalidate, o.AcceptEncoding) // the URL was checked above
-				defer ww.close()
-				w = ww
-			}
+			w := newGetter()
+			defer w.close()
 			lat := make([]time.Duration, 0, min(perWorkerMax, 1<<14))
 			for ctx.Err() == nil && (o.Requests <= 0 || remaining.Add(-1) >= 0) {
 				d, status, n, err := w.get(ctx)
@@ -171,6 +174,9 @@ type worker struct {
 }
 
 // get makes one request; the worker's request is reused, as requests run one after another.
+// close does nothing: the workers share the client and its idle connections.
+func (w *worker) close() {}
+
 func (w *worker) get(ctx context.Context) (time.Duration, int, int64, error) {
 	if w.req == nil {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, w.url, nil)
@@ -414,4 +420,26 @@ func rateTime(data string) (time.Time, bool) {
 	}
 	t, err := time.Parse(time.RFC3339Nano, data[i+len(key):i+len(key)+24])
 	return t, err == nil
+}
+
+// Fetch gets url once as the load will, asking for acceptEncoding and not decompressing the answer,
+// and returns the body and its Content-Encoding: the bytes a bare server must serve to be compared.
+func Fetch(ctx context.Context, url, acceptEncoding string) ([]byte, string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, "", fmt.Errorf("loadtest: %w", err)
+	}
+	if acceptEncoding != "" {
+		req.Header.Set("Accept-Encoding", acceptEncoding)
+	}
+	resp, err := (&http.Client{Transport: &http.Transport{DisableCompression: true}}).Do(req)
+	if err != nil {
+		return nil, "", fmt.Errorf("loadtest: GET %s: %w", url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return nil, "", fmt.Errorf("loadtest: GET %s: %s %v", url, resp.Status, err)
+	}
+	return body, resp.Header.Get("Content-Encoding"), nil
 }

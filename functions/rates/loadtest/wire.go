@@ -27,12 +27,14 @@ var errWireResponse = errors.New("unreadable HTTP/1.1 response")
 // the status, Content-Length and ETag of each answer. It does what wrk does, so the load generator
 // spends little of the CPU it shares with the server under test.
 type wireWorker struct {
-	addr       string
-	request    []byte
-	revalidate bool
-	etag       string
-	conn       net.Conn
-	br         *bufio.Reader
+	addr string
+	// head is the request's lines without the blank line that ends them; plain is the request as
+	// sent, and conditional the same with If-None-Match: etag, made again only when etag changes.
+	head, plain, conditional []byte
+	revalidate               bool
+	etag                     string
+	conn                     net.Conn
+	br                       *bufio.Reader
 	// closeAfter is set when the answer being read said Connection: close.
 	closeAfter bool
 }
@@ -50,7 +52,7 @@ func newWireWorker(rawURL string, revalidate bool, acceptEncoding string) (*wire
 	if acceptEncoding != "" {
 		req += "Accept-Encoding: " + acceptEncoding + "\r\n"
 	}
-	return &wireWorker{addr: u.Host, request: []byte(req), revalidate: revalidate}, nil
+	return &wireWorker{addr: u.Host, head: []byte(req), plain: []byte(req + "\r\n"), revalidate: revalidate}, nil
 }
 
 // get makes one request, dialling first when the connection is not open. A connection the server
@@ -93,11 +95,13 @@ func (w *wireWorker) close() {
 
 func (w *wireWorker) roundTrip() (int, int64, error) {
 	_ = w.conn.SetDeadline(time.Now().Add(requestTimeoutMs * time.Millisecond))
-	req := w.request
+	req := w.plain
 	if w.revalidate && w.etag != "" {
-		req = append(append(append(req[:len(req):len(req)], "If-None-Match: "...), w.etag...), "\r\n"...)
+		if w.conditional == nil {
+			w.conditional = append(append(append(append([]byte(nil), w.head...), "If-None-Match: "...), w.etag...), "\r\n\r\n"...)
+		}
+		req = w.conditional
 	}
-	req = append(req[:len(req):len(req)], "\r\n"...)
 	if _, err := w.conn.Write(req); err != nil {
 		return 0, 0, fmt.Errorf("write request: %w", err)
 	}
@@ -155,7 +159,9 @@ func (w *wireWorker) readHead() (int, int64, error) {
 				return status, 0, fmt.Errorf("%w: Content-Length %q", errWireResponse, value)
 			}
 		case bytes.EqualFold(name, headerETag):
-			w.etag = string(value)
+			if string(value) != w.etag { // the comparison does not allocate
+				w.etag, w.conditional = string(value), nil
+			}
 		case bytes.EqualFold(name, headerConnection):
 			w.closeAfter = bytes.EqualFold(value, []byte("close"))
 		case bytes.EqualFold(name, headerTransferEncoding):
