@@ -77,8 +77,12 @@ type snapshot struct {
 	all                      []byte
 	etag                     string
 	etagHeader, lengthHeader []string
-	// gz is all gzipped, made by the first request that accepts it.
-	gz lazyGzip
+	// gzEtag names the gzipped representation of all (see gzip.go), known before it is made so that
+	// a revalidation is answered 304 without compressing; gz is all gzipped, made by the first
+	// request that needs its bytes.
+	gzEtag       string
+	gzEtagHeader []string
+	gz           lazyGzip
 }
 
 // etagOf is a strong validator of the entries' content (not of this replica's history), so replicas
@@ -161,8 +165,10 @@ func (b *book) publish(entries []*entry) {
 		}
 	}
 	all, etag := appendList(make([]byte, 0, 160*len(present)+16), present), etagOf(present)
+	gzEtag := gzipETag(etag)
 	b.cur.Store(&snapshot{entries: entries, present: len(present), all: all, etag: etag,
-		etagHeader: []string{etag}, lengthHeader: []string{strconv.Itoa(len(all))}})
+		etagHeader: []string{etag}, lengthHeader: []string{strconv.Itoa(len(all))},
+		gzEtag: gzEtag, gzEtagHeader: []string{gzEtag}})
 }
 
 // apply records r if it is strictly newer than the pair's current rate (provider time, then quote

@@ -20,13 +20,15 @@ var gzipWriters = sync.Pool{New: func() any {
 	return w
 }}
 
-// gzipped is a body compressed once, with its headers ready to assign. Its ETag differs from the
-// identity body's: a strong validator names one representation.
+// gzipped is a body compressed once, with its length header ready to assign.
 type gzipped struct {
-	body                     []byte
-	etag                     string
-	etagHeader, lengthHeader []string
+	body         []byte
+	lengthHeader []string
 }
+
+// gzipETag is the ETag of the gzipped representation of a body whose ETag is etag: a strong
+// validator names one representation, so it differs from the identity body's.
+func gzipETag(etag string) string { return strings.TrimSuffix(etag, `"`) + `-gzip"` }
 
 // lazyGzip compresses a snapshot's body on first use.
 type lazyGzip struct {
@@ -34,13 +36,13 @@ type lazyGzip struct {
 	gz   *gzipped
 }
 
-// get returns body compressed, compressing it on the first call; etag is the identity body's.
-func (l *lazyGzip) get(body []byte, etag string) *gzipped {
-	l.once.Do(func() { l.gz = compress(body, etag) })
+// get returns body compressed, compressing it on the first call.
+func (l *lazyGzip) get(body []byte) *gzipped {
+	l.once.Do(func() { l.gz = compress(body) })
 	return l.gz
 }
 
-func compress(body []byte, etag string) *gzipped {
+func compress(body []byte) *gzipped {
 	var buf bytes.Buffer
 	buf.Grow(len(body)/3 + 64)
 	zw := gzipWriters.Get().(*gzip.Writer)
@@ -48,9 +50,7 @@ func compress(body []byte, etag string) *gzipped {
 	_, _ = zw.Write(body) // a bytes.Buffer does not fail
 	_ = zw.Close()
 	gzipWriters.Put(zw)
-	gzEtag := strings.TrimSuffix(etag, `"`) + `-gzip"`
-	return &gzipped{body: buf.Bytes(), etag: gzEtag, etagHeader: []string{gzEtag},
-		lengthHeader: []string{strconv.Itoa(buf.Len())}}
+	return &gzipped{body: buf.Bytes(), lengthHeader: []string{strconv.Itoa(buf.Len())}}
 }
 
 // acceptsGzip reports whether an Accept-Encoding header value allows gzip: listed (or "*") without

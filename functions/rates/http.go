@@ -98,22 +98,38 @@ func (s *Service) writeBoard(w http.ResponseWriter, r *http.Request, snap *snaps
 		s.writeReady(w, r, snap.etag, snap.etagHeader, snap.lengthHeader, snap.all)
 		return
 	}
-	gz := snap.gz.get(snap.all, snap.etag)
 	h["Content-Encoding"] = contentEncodingGzip
-	s.writeReady(w, r, gz.etag, gz.etagHeader, gz.lengthHeader, gz.body)
+	if s.notModified(w, r, snap.gzEtag, snap.gzEtagHeader) {
+		return // answered without compressing
+	}
+	gz := snap.gz.get(snap.all)
+	s.writeBody(w, gz.lengthHeader, gz.body)
 }
 
 // writeReady answers with a body serialized before the request: 304 when If-None-Match holds etag.
 // The header values are shared, read-only slices (net/http only reads them).
 func (s *Service) writeReady(w http.ResponseWriter, r *http.Request, etag string, etagHeader, lengthHeader []string, body []byte) {
+	if !s.notModified(w, r, etag, etagHeader) {
+		s.writeBody(w, lengthHeader, body)
+	}
+}
+
+// notModified sets the validator headers and answers 304 when If-None-Match holds etag.
+func (s *Service) notModified(w http.ResponseWriter, r *http.Request, etag string, etagHeader []string) bool {
 	h := w.Header()
 	h["Etag"] = etagHeader
 	h["Cache-Control"] = cacheControl
 	if inm := r.Header["If-None-Match"]; len(inm) > 0 && etagMatches(strings.Join(inm, ","), etag) {
 		s.metrics.notModified.Inc()
 		w.WriteHeader(http.StatusNotModified)
-		return
+		return true
 	}
+	return false
+}
+
+// writeBody sends a JSON body serialized before the request.
+func (s *Service) writeBody(w http.ResponseWriter, lengthHeader []string, body []byte) {
+	h := w.Header()
 	h["Content-Type"] = contentTypeJSON
 	h["Content-Length"] = lengthHeader
 	s.metrics.served.Inc()
