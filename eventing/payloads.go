@@ -77,8 +77,13 @@ func (r *RateV1) Validate() error {
 
 // EventID is deterministic in the provider's identity of the quote, so the same quote published twice
 // (by a retry or by two feeders) carries the same id.
-func (r *RateV1) EventID() string {
-	return fmt.Sprintf("rate:%s:%s:%s", r.Pair, r.ProviderTime.UTC().Format(time.RFC3339Nano), r.QuoteID)
+func (r *RateV1) EventID() string { return string(r.AppendEventID(nil)) }
+
+// AppendEventID appends EventID to b, for an encoder that writes it without building a string.
+func (r *RateV1) AppendEventID(b []byte) []byte {
+	b = append(append(append(b, "rate:"...), r.Pair...), ':')
+	b = r.ProviderTime.UTC().AppendFormat(b, time.RFC3339Nano)
+	return append(append(b, ':'), r.QuoteID...)
 }
 
 // NewerThan reports whether r is strictly newer than o by provider time, then quote id. Quote ids are
