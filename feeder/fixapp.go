@@ -328,7 +328,7 @@ func (a *sessionApp) onSnapshot(msg *quickfix.Message, m fixspec.Message) {
 	}
 	ps.received.Inc()
 	ps.book = book
-	a.emit(msg, m.Header, pair, ps)
+	a.emit(stampOf(msg, m.Header), pair, ps)
 }
 
 // onIncremental applies a MarketDataIncrementalRefresh (35=X) to the books and emits a rate for
@@ -354,10 +354,11 @@ func (a *sessionApp) onIncremental(msg *quickfix.Message, m fixspec.Message) {
 			touched = append(touched, pair)
 		}
 	}
+	st := stampOf(msg, m.Header)
 	for _, pair := range touched {
 		ps := a.t.pairs[pair]
 		ps.received.Inc()
-		a.emit(msg, m.Header, pair, ps)
+		a.emit(st, pair, ps)
 	}
 }
 
@@ -377,9 +378,26 @@ func (a *sessionApp) pairOf(symbol []byte) (*pairState, fx.Pair, error) {
 	return ps, pair, nil
 }
 
-// emit validates the pair's book as a rate, stamps it with the term's epoch and the pair's next
-// sequence and queues it for the publisher, which encodes it (off the FIX session's goroutine).
-func (a *sessionApp) emit(msg *quickfix.Message, header fixspec.Fields, pair fx.Pair, ps *pairState) {
+// stamp is what every rate of one market data message carries from it, read once per message.
+type stamp struct {
+	// receivedAt is when quickfixgo read the message; sentAt its SendingTime(52), zero if unreadable.
+	receivedAt, sentAt time.Time
+	msgSeqNum          int
+}
+
+func stampOf(msg *quickfix.Message, header fixspec.Fields) stamp {
+	st := stamp{receivedAt: msg.ReceiveTime}
+	st.msgSeqNum, _ = header.Int(int(tag.MsgSeqNum))
+	if sent, ok := header.Get(int(tag.SendingTime)); ok {
+		st.sentAt, _ = fixspec.UTCTimestamp(sent)
+	}
+	return st
+}
+
+// emit validates the pair's book as a rate, stamps it with the message's stamp, the term's epoch and
+// the pair's next sequence and queues it for the publisher, which encodes it (off the FIX session's
+// goroutine).
+func (a *sessionApp) emit(st stamp, pair fx.Pair, ps *pairState) {
 	r, err := ps.book.rate(pair)
 	if err == nil {
 		r.Epoch = a.t.lease.Epoch()
@@ -392,13 +410,8 @@ func (a *sessionApp) emit(msg *quickfix.Message, header fixspec.Fields, pair fx.
 		return
 	}
 	ps.seq++
-	r.Session, r.Seq, r.ReceivedAt = a.session, ps.seq, msg.ReceiveTime.UTC()
-	r.MsgSeqNum, _ = header.Int(int(tag.MsgSeqNum))
-	q := &pending{pair: pair, receivedAt: msg.ReceiveTime, rate: r}
-	if sent, ok := header.Get(int(tag.SendingTime)); ok {
-		q.sentAt, _ = fixspec.UTCTimestamp(sent)
-	}
-	a.t.pub.enqueue(a.t.ctx, q)
+	r.Session, r.Seq, r.ReceivedAt, r.MsgSeqNum = a.session, ps.seq, st.receivedAt.UTC(), st.msgSeqNum
+	a.t.pub.enqueue(a.t.ctx, &pending{pair: pair, receivedAt: st.receivedAt, sentAt: st.sentAt, rate: r})
 }
 
 func (a *sessionApp) invalidQuote(symbol string, err error) {
