@@ -387,8 +387,8 @@ type stamp struct {
 
 func stampOf(msg *quickfix.Message, header fixspec.Fields) stamp {
 	st := stamp{receivedAt: msg.ReceiveTime}
-	st.msgSeqNum, _ = header.Int(int(tag.MsgSeqNum))
-	if sent, ok := header.Get(int(tag.SendingTime)); ok {
+	st.msgSeqNum, _ = header.Int(tag.MsgSeqNum)
+	if sent, ok := header.Get(tag.SendingTime); ok {
 		st.sentAt, _ = fixspec.UTCTimestamp(sent)
 	}
 	return st

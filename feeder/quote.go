@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/quickfixgo/enum"
+	"github.com/quickfixgo/tag"
 	"github.com/shopspring/decimal"
 
 	"github.com/kawase-fx/kawase/eventing"
@@ -32,27 +33,14 @@ type topOfBook struct {
 	bid, offer quoteSide
 }
 
-// FIX tags of market data the feeder reads.
-const (
-	tagSymbol         = 55
-	tagNoMDEntries    = 268
-	tagMDEntryType    = 269
-	tagMDEntryPx      = 270
-	tagMDEntrySize    = 271
-	tagMDEntryDate    = 272
-	tagMDEntryTime    = 273
-	tagMDUpdateAction = 279
-	tagQuoteEntryID   = 299
-)
-
 // readSide reads one NoMDEntries(268) entry of a 35=W or 35=X as a side of a book.
 func readSide(e fixspec.Fields) (enum.MDEntryType, quoteSide, error) {
-	typ, ok := e.Get(tagMDEntryType)
+	typ, ok := e.Get(tag.MDEntryType)
 	if !ok {
 		return "", quoteSide{}, errors.New("quote lacks MDEntryType(269)")
 	}
 	s := quoteSide{set: true}
-	px, ok := e.Get(tagMDEntryPx)
+	px, ok := e.Get(tag.MDEntryPx)
 	if !ok {
 		return enum.MDEntryType(typ), s, errors.New("quote lacks MDEntryPx(270)")
 	}
@@ -60,18 +48,18 @@ func readSide(e fixspec.Fields) (enum.MDEntryType, quoteSide, error) {
 	if s.px, err = quoteDecimal(px); err != nil {
 		return enum.MDEntryType(typ), s, fmt.Errorf("MDEntryPx(270) %q: %w", px, err)
 	}
-	if size, ok := e.Get(tagMDEntrySize); ok {
+	if size, ok := e.Get(tag.MDEntrySize); ok {
 		s.size, _ = quoteDecimal(size) // optional: a size that does not read is none
 	}
-	date, dok := e.Get(tagMDEntryDate)
-	clock, tok := e.Get(tagMDEntryTime)
+	date, dok := e.Get(tag.MDEntryDate)
+	clock, tok := e.Get(tag.MDEntryTime)
 	if !dok || !tok {
 		return enum.MDEntryType(typ), s, errors.New("quote lacks MDEntryDate(272) or MDEntryTime(273)")
 	}
 	if s.at, err = entryTime(date, clock); err != nil {
 		return enum.MDEntryType(typ), s, fmt.Errorf("MDEntryDate(272)/MDEntryTime(273) %q %q: %w", date, clock, err)
 	}
-	id, ok := e.Get(tagQuoteEntryID)
+	id, ok := e.Get(tag.QuoteEntryID)
 	if !ok {
 		return enum.MDEntryType(typ), s, errors.New("quote lacks QuoteEntryID(299)")
 	}
@@ -138,12 +126,12 @@ func (b *topOfBook) apply(typ enum.MDEntryType, s quoteSide) {
 // snapshotBook reads a MarketDataSnapshotFullRefresh (35=W): Symbol(55) and the bid and offer
 // entries of NoMDEntries(268).
 func snapshotBook(body fixspec.Fields) ([]byte, topOfBook, error) {
-	symbol, ok := body.Get(tagSymbol)
+	symbol, ok := body.Get(tag.Symbol)
 	if !ok {
 		return nil, topOfBook{}, errors.New("quote lacks Symbol(55)")
 	}
 	var b topOfBook
-	for e := range body.Entries(tagNoMDEntries) {
+	for e := range body.Entries(tag.NoMDEntries) {
 		typ, s, err := readSide(e)
 		if err != nil {
 			return symbol, b, err
@@ -165,18 +153,18 @@ type bookUpdate struct {
 // MDUpdateAction(279) and side.
 func incrementalUpdates(body fixspec.Fields) ([]bookUpdate, error) {
 	var out []bookUpdate
-	for e := range body.Entries(tagNoMDEntries) {
-		symbol, ok := e.Get(tagSymbol)
+	for e := range body.Entries(tag.NoMDEntries) {
+		symbol, ok := e.Get(tag.Symbol)
 		if !ok {
 			return nil, errors.New("update lacks Symbol(55)")
 		}
-		action, ok := e.Get(tagMDUpdateAction)
+		action, ok := e.Get(tag.MDUpdateAction)
 		if !ok {
 			return nil, errors.New("update lacks MDUpdateAction(279)")
 		}
 		u := bookUpdate{symbol: symbol, action: enum.MDUpdateAction(action)}
 		if u.action == enum.MDUpdateAction_DELETE {
-			typ, _ := e.Get(tagMDEntryType)
+			typ, _ := e.Get(tag.MDEntryType)
 			u.typ = enum.MDEntryType(typ)
 			out = append(out, u)
 			continue

@@ -8,6 +8,7 @@ import (
 
 	"github.com/quickfixgo/quickfix"
 	"github.com/quickfixgo/quickfix/datadictionary"
+	"github.com/quickfixgo/tag"
 )
 
 // tagDigitsMax is the longest tag number split reads.
@@ -23,7 +24,7 @@ const (
 // Field is one tag=value field of a raw FIX message. Value aliases the raw message and is valid only
 // as long as the message is.
 type Field struct {
-	Tag   int
+	Tag   quickfix.Tag
 	Value []byte
 	// Span, on the NumInGroup field of a repeating group, is how many fields the group's entries
 	// take after it; 0 on other fields.
@@ -34,7 +35,7 @@ type Field struct {
 type Fields []Field
 
 // Int returns the value of the field with the given tag at this level as an integer.
-func (fs Fields) Int(tag int) (int, bool) {
+func (fs Fields) Int(tag quickfix.Tag) (int, bool) {
 	v, ok := fs.Get(tag)
 	if !ok {
 		return 0, false
@@ -43,7 +44,7 @@ func (fs Fields) Int(tag int) (int, bool) {
 }
 
 // Get returns the value of the field with the given tag at this level (not inside a repeating group).
-func (fs Fields) Get(tag int) ([]byte, bool) {
+func (fs Fields) Get(tag quickfix.Tag) ([]byte, bool) {
 	for i := 0; i < len(fs); i++ {
 		if fs[i].Tag == tag {
 			return fs[i].Value, true
@@ -55,7 +56,7 @@ func (fs Fields) Get(tag int) ([]byte, bool) {
 
 // Entries yields the entries of the repeating group at this level whose NumInGroup field has the
 // given tag; each entry's fields include its nested groups.
-func (fs Fields) Entries(tag int) iter.Seq[Fields] {
+func (fs Fields) Entries(tag quickfix.Tag) iter.Seq[Fields] {
 	return func(yield func(Fields) bool) {
 		for i := 0; i < len(fs); i++ {
 			if fs[i].Tag != tag {
@@ -117,7 +118,7 @@ type fieldType struct {
 // member is a field of a message part or of a repeating group; a group lists its members in
 // dictionary order, the first being its delimiter.
 type member struct {
-	tag      int
+	tag      quickfix.Tag
 	required bool
 	members  []*member
 }
@@ -127,12 +128,12 @@ type part struct {
 	msgType string
 	// fields are the part's own fields (not those inside its repeating groups), by tag.
 	fields   []*member
-	required []int
+	required []quickfix.Tag
 }
 
 // member returns the part's own field with the given tag, or nil.
-func (p *part) member(tag int) *member {
-	if tag < 0 || tag >= len(p.fields) {
+func (p *part) member(tag quickfix.Tag) *member {
+	if tag < 0 || int(tag) >= len(p.fields) {
 		return nil
 	}
 	return p.fields[tag]
@@ -223,14 +224,14 @@ func compilePart(md *datadictionary.MessageDef) *part {
 	for tag, fd := range md.Fields {
 		p.fields[tag] = compileMember(fd)
 	}
-	for tag := range md.RequiredTags {
-		p.required = append(p.required, tag)
+	for t := range md.RequiredTags {
+		p.required = append(p.required, quickfix.Tag(t))
 	}
 	return p
 }
 
 func compileMember(fd *datadictionary.FieldDef) *member {
-	m := &member{tag: fd.Tag(), required: fd.Required()}
+	m := &member{tag: quickfix.Tag(fd.Tag()), required: fd.Required()}
 	for _, child := range fd.Fields {
 		m.members = append(m.members, compileMember(child))
 	}
@@ -249,16 +250,16 @@ func (d *Dictionary) Check(raw []byte, buf []Field) (Message, quickfix.MessageRe
 	}
 	m := Message{all: fields}
 	h, t := 0, len(fields)
-	for h < len(fields) && quickfix.Tag(fields[h].Tag).IsHeader() {
+	for h < len(fields) && fields[h].Tag.IsHeader() {
 		h++
 	}
-	for t > h && quickfix.Tag(fields[t-1].Tag).IsTrailer() {
+	for t > h && fields[t-1].Tag.IsTrailer() {
 		t--
 	}
 	m.Header, m.Body, m.Trailer = fields[:h], fields[h:t], fields[t:]
-	msgType, ok := m.Header.Get(int(tagMsgType))
+	msgType, ok := m.Header.Get(tag.MsgType)
 	if !ok {
-		return m, quickfix.RequiredTagMissing(tagMsgType)
+		return m, quickfix.RequiredTagMissing(tag.MsgType)
 	}
 	body, ok := d.messages[string(msgType)]
 	if !ok {
@@ -278,9 +279,9 @@ func (d *Dictionary) Check(raw []byte, buf []Field) (Message, quickfix.MessageRe
 		p  *part
 		fs Fields
 	}{{d.header, fields}, {body, m.Body}, {d.trailer, fields}} {
-		for _, tag := range c.p.required {
-			if _, ok := c.fs.Get(tag); !ok {
-				return m, quickfix.RequiredTagMissing(quickfix.Tag(tag))
+		for _, t := range c.p.required {
+			if _, ok := c.fs.Get(t); !ok {
+				return m, quickfix.RequiredTagMissing(t)
 			}
 		}
 	}
@@ -294,9 +295,6 @@ func (d *Dictionary) Check(raw []byte, buf []Field) (Message, quickfix.MessageRe
 	}
 	return m, walkErr
 }
-
-// tagMsgType is MsgType(35).
-const tagMsgType quickfix.Tag = 35
 
 // split cuts a raw message into tag=value fields.
 func split(raw []byte, out []Field) (Fields, quickfix.MessageRejectError) {
@@ -313,7 +311,7 @@ func split(raw []byte, out []Field) (Fields, quickfix.MessageRejectError) {
 		if end < 0 {
 			return nil, quickfix.NewMessageRejectError("field without delimiter", 0, nil)
 		}
-		out = append(out, Field{Tag: tag, Value: raw[:end:end]})
+		out = append(out, Field{Tag: quickfix.Tag(tag), Value: raw[:end:end]})
 		raw = raw[end+1:]
 	}
 	return out, nil
@@ -323,7 +321,7 @@ func split(raw []byte, out []Field) (Fields, quickfix.MessageRejectError) {
 func fieldOrder(fields Fields) quickfix.MessageRejectError {
 	inHeader, inTrailer := true, false
 	for _, f := range fields {
-		t := quickfix.Tag(f.Tag)
+		t := f.Tag
 		switch {
 		case inHeader && t.IsHeader():
 		case inHeader && !t.IsHeader():
@@ -340,23 +338,22 @@ func fieldOrder(fields Fields) quickfix.MessageRejectError {
 }
 
 func outOfOrder(t quickfix.Tag) quickfix.MessageRejectError {
-	return rejectWithTag("Tag specified out of required order", rejectTagSpecifiedOutOfRequiredOrder, int(t))
+	return rejectWithTag("Tag specified out of required order", rejectTagSpecifiedOutOfRequiredOrder, t)
 }
 
 // rejectWithTag is a session-level reject about one tag (its own function, so that the tag escapes
 // to the heap only when there is a reject).
-func rejectWithTag(text string, reason, tag int) quickfix.MessageRejectError {
-	t := quickfix.Tag(tag)
+func rejectWithTag(text string, reason int, t quickfix.Tag) quickfix.MessageRejectError {
 	return quickfix.NewMessageRejectError(text, reason, &t)
 }
 
 // checkValue checks one field's value against its type.
 func (d *Dictionary) checkValue(f Field) quickfix.MessageRejectError {
-	tag := quickfix.Tag(f.Tag)
+	tag := f.Tag
 	if len(f.Value) == 0 {
 		return quickfix.TagSpecifiedWithoutAValue(tag)
 	}
-	if f.Tag >= len(d.types) || d.types[f.Tag] == nil {
+	if int(f.Tag) >= len(d.types) || d.types[f.Tag] == nil {
 		return quickfix.InvalidTagNumber(tag)
 	}
 	t := d.types[f.Tag]
@@ -398,7 +395,7 @@ func (d *Dictionary) walk(p *part, fs Fields) quickfix.MessageRejectError {
 		}
 		m := p.member(fs[i].Tag)
 		if m == nil {
-			return quickfix.TagNotDefinedForThisMessageType(quickfix.Tag(fs[i].Tag))
+			return quickfix.TagNotDefinedForThisMessageType(fs[i].Tag)
 		}
 		next, err := visit(m, fs, i)
 		if err != nil {
@@ -416,7 +413,7 @@ func visit(m *member, fs Fields, i int) (int, quickfix.MessageRejectError) {
 	}
 	count, ok := atoi(fs[i].Value)
 	if !ok {
-		return i, quickfix.IncorrectDataFormatForValue(quickfix.Tag(fs[i].Tag))
+		return i, quickfix.IncorrectDataFormatForValue(fs[i].Tag)
 	}
 	j, entries := i+1, 0
 	var expect []*member
@@ -435,14 +432,14 @@ func visit(m *member, fs Fields, i int) (int, quickfix.MessageRejectError) {
 			}
 			j = next
 		} else if expect[0].required {
-			return j, quickfix.RequiredTagMissing(quickfix.Tag(expect[0].tag))
+			return j, quickfix.RequiredTagMissing(expect[0].tag)
 		}
 		expect = expect[1:]
 	}
 	// The part ended inside an entry: its remaining required members are missing.
 	for _, e := range expect {
 		if e.required {
-			return j, quickfix.RequiredTagMissing(quickfix.Tag(e.tag))
+			return j, quickfix.RequiredTagMissing(e.tag)
 		}
 	}
 	if entries != count {
