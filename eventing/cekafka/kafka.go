@@ -46,13 +46,9 @@ func NewWriter(brokers []string, topic string) *kafka.Writer {
 
 // Publish writes events in binary mode, in order, and returns once the broker acknowledged them all.
 func Publish(ctx context.Context, w *kafka.Writer, events ...cloudevents.Event) error {
-	msgs := make([]kafka.Message, 0, len(events))
-	for _, e := range events {
-		m, err := ToMessage(e)
-		if err != nil {
-			return err
-		}
-		msgs = append(msgs, m)
+	msgs, err := toMessages("", events)
+	if err != nil {
+		return err
 	}
 	if err := w.WriteMessages(ctx, msgs...); err != nil {
 		return fmt.Errorf("publish %d event(s) to %s: %w", len(msgs), w.Topic, err)
@@ -73,4 +69,18 @@ func NewGroupReader(brokers []string, topic, group string) *kafka.Reader {
 		StartOffset:    kafka.FirstOffset,
 		CommitInterval: 0,
 	})
+}
+
+// toMessages renders events as binary-mode records for topic (empty: the writer's own topic).
+func toMessages(topic string, events []cloudevents.Event) ([]kafka.Message, error) {
+	msgs := make([]kafka.Message, 0, len(events))
+	for _, e := range events {
+		m, err := ToMessage(e)
+		if err != nil {
+			return nil, err
+		}
+		m.Topic = topic
+		msgs = append(msgs, m)
+	}
+	return msgs, nil
 }

@@ -66,14 +66,9 @@ func (p *Producer) Close() { p.transport.CloseIdleConnections() }
 // Publish writes events to topic in binary mode, in order, and returns once the brokers acknowledged
 // them all.
 func (p *Producer) Publish(ctx context.Context, topic string, events ...cloudevents.Event) error {
-	msgs := make([]kafka.Message, 0, len(events))
-	for _, e := range events {
-		m, err := ToMessage(e)
-		if err != nil {
-			return err
-		}
-		m.Topic = topic
-		msgs = append(msgs, m)
+	msgs, err := toMessages(topic, events)
+	if err != nil {
+		return err
 	}
 	return p.WriteMessages(ctx, msgs...)
 }
