@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
+	"maps"
 	"sync"
 	"time"
 
@@ -19,7 +19,7 @@ const (
 	// unorderedInFlightCountMax bounds the deliveries one unordered consumer has in flight.
 	unorderedInFlightCountMax = 64
 	// partitionQueueRecordsMax bounds the records fetched ahead for one partition of an ordered
-	// consumer. The group reader cannot pause one partition as Knative's consumer does, so once a
+	// consumer. The fetch loop does not pause one partition as Knative's consumer does, so once a
 	// partition blocked in retries has this many records waiting, fetching waits for it and the other
 	// partitions idle too.
 	partitionQueueRecordsMax = 512
@@ -28,7 +28,8 @@ const (
 	// at most this much finished work is delivered again, which every subscriber absorbs (they are
 	// idempotent), and the broker is spared one commit per record.
 	commitIntervalMs = 50
-	// Committing an offset: each attempt is bounded, and so is the number of attempts.
+	// Committing an offset: each attempt is bounded (by the group's coordinator timeout), and so is the
+	// number of attempts.
 	commitTimeoutMs    = 5_000
 	commitAttemptsMax  = 5
 	commitRetryDelayMs = 200
@@ -47,60 +48,93 @@ type consumer struct {
 	log           *zap.SugaredLogger
 }
 
-// run consumes until ctx ends or a commit fails for good. Records are committed only once delivered,
-// dead-lettered, dropped or discarded; whatever is in flight when ctx ends is abandoned uncommitted.
+// run consumes as a member of the consumer group until ctx ends or a commit fails for good. Each
+// generation of the group (each assignment of partitions) is consumed on its own; see consume.
+// Joining is retried without bound, on purpose: a dispatcher waits for its broker rather than
+// stopping, and kafka-go's group backs off between attempts.
 func (c *consumer) run(ctx context.Context) error {
-	r := cekafka.NewGroupReader(c.brokers, c.spec.Topic, c.spec.Group)
-	runCtx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	k := &committer{latest: map[int]kafka.Message{}}
-	flushed := make(chan struct{})
-	go func() { defer close(flushed); c.commitPeriodically(runCtx, cancel, r, k) }()
-	var wg sync.WaitGroup
-	var err error
-	if c.spec.Ordering == Unordered {
-		err = c.fetchUnordered(runCtx, r, k, &wg)
-	} else {
-		err = c.fetchOrdered(runCtx, r, k, &wg)
+	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
+		ID: c.spec.Group, Brokers: c.brokers, Topics: []string{c.spec.Topic},
+		StartOffset: kafka.FirstOffset, Timeout: commitTimeoutMs * time.Millisecond,
+	})
+	if err != nil {
+		return fmt.Errorf("dispatch %s: consumer group: %w", c.id, err)
 	}
-	cancel(err)
-	wg.Wait()
-	<-flushed
-	if ferr := k.flush(ctx, c, r); ferr != nil && ctx.Err() == nil {
-		cancel(ferr)
-	}
-	if cerr := r.Close(); cerr != nil {
-		return fmt.Errorf("dispatch %s: close group reader: %w", c.id, cerr)
-	}
-	if ctx.Err() != nil {
-		return nil // stopped from outside: not a failure
-	}
-	return fmt.Errorf("dispatch %s: %w", c.id, context.Cause(runCtx))
-}
-
-// fetchOrdered routes each record to its partition's queue; one goroutine per partition delivers
-// them one at a time.
-func (c *consumer) fetchOrdered(ctx context.Context, r *kafka.Reader, k *committer, wg *sync.WaitGroup) error {
-	queues := map[int]chan kafka.Message{}
-	seen := offsetsSeen{}
+	defer group.Close() //nolint:errcheck // leaving the group is best effort; its session expires anyway
 	for {
-		m, err := r.FetchMessage(ctx)
-		if err != nil {
-			return fetchError(ctx, err)
+		gen, err := group.Next(ctx)
+		if ctx.Err() != nil {
+			return nil // stopped from outside: not a failure
 		}
-		if !seen.first(m) {
+		if err != nil {
+			c.m.consumerErrors.WithLabelValues(c.id, "join").Inc()
+			c.log.Warnw("joining the consumer group failed; retrying", "group", c.spec.Group, "error", err)
 			continue
 		}
-		q, ok := queues[m.Partition]
-		if !ok {
-			q = make(chan kafka.Message, partitionQueueRecordsMax)
-			queues[m.Partition] = q
-			wg.Go(func() { c.drainPartition(ctx, k, q) })
+		done := make(chan error, 1)
+		gen.Start(func(genCtx context.Context) { done <- c.consume(ctx, genCtx, gen) })
+		if err := <-done; err != nil {
+			return fmt.Errorf("dispatch %s: %w", c.id, err)
 		}
-		select {
-		case q <- m:
-		case <-ctx.Done():
-			return nil
+	}
+}
+
+// consume reads and delivers the partitions gen assigned until the generation ends (the group
+// rebalances) or ctx does, with one fetch loop for all of them. Records are committed only once
+// delivered, dead-lettered, dropped or discarded; what is in flight at the end is abandoned
+// uncommitted and delivered again by the partition's next owner. It returns an error only when a
+// commit fails for good.
+func (c *consumer) consume(ctx, genCtx context.Context, gen *kafka.Generation) error {
+	runCtx, cancel := context.WithCancelCause(genCtx)
+	defer cancel(nil)
+	defer context.AfterFunc(ctx, func() { cancel(nil) })()
+	from := map[int]int64{}
+	for _, a := range gen.Assignments[c.spec.Topic] {
+		from[a.ID] = a.Offset
+	}
+	k := &committer{next: map[int]int64{}}
+	flushed := make(chan struct{})
+	go func() { defer close(flushed); c.commitPeriodically(runCtx, cancel, gen, k) }()
+	var wg sync.WaitGroup
+	deliver := c.orderedDelivery(runCtx, k, from, &wg)
+	if c.spec.Ordering == Unordered {
+		deliver = c.unorderedDelivery(k, from, &wg)
+	}
+	cekafka.ReadPartitions(runCtx, cekafka.PartitionsConfig{Brokers: c.brokers, Topic: c.spec.Topic, Linger: c.spec.FetchLinger,
+		OnError: func(err error) {
+			c.m.consumerErrors.WithLabelValues(c.id, "fetch").Inc()
+			c.log.Warnw("fetch failed; retrying", "topic", c.spec.Topic, "error", err)
+		}}, from, deliver)
+	<-runCtx.Done()
+	wg.Wait()
+	<-flushed
+	if err := context.Cause(runCtx); errors.Is(err, errCommitFailed) {
+		return err
+	}
+	// The last finished work: one attempt, since the generation or the dispatcher is ending.
+	if err := c.commit(ctx, gen, k.take(), 1); err != nil && !errors.Is(err, errGenerationOver) {
+		return err
+	}
+	return nil
+}
+
+// orderedDelivery starts a goroutine per partition that delivers the partition's records one at a
+// time, in order, and returns the fetch loop's hand-off to them.
+func (c *consumer) orderedDelivery(ctx context.Context, k *committer, partitions map[int]int64, wg *sync.WaitGroup) func(context.Context, []kafka.Message) {
+	queues := make(map[int]chan kafka.Message, len(partitions))
+	for p := range partitions {
+		q := make(chan kafka.Message, partitionQueueRecordsMax)
+		queues[p] = q
+		wg.Go(func() { c.drainPartition(ctx, k, q) })
+	}
+	return func(ctx context.Context, batch []kafka.Message) {
+		q := queues[batch[0].Partition]
+		for _, m := range batch {
+			select {
+			case q <- m:
+			case <-ctx.Done():
+				return
+			}
 		}
 	}
 }
@@ -116,45 +150,39 @@ func (c *consumer) drainPartition(ctx context.Context, k *committer, q <-chan ka
 			if c.process(ctx, m) == outcomeAbandoned {
 				return
 			}
-			k.mark(m)
+			k.mark(m.Partition, m.Offset)
 		}
 	}
 }
 
-// fetchUnordered starts a delivery per record, at most unorderedInFlightCountMax at once, and commits each
-// partition's offsets in order as the deliveries finish.
-func (c *consumer) fetchUnordered(ctx context.Context, r *kafka.Reader, k *committer, wg *sync.WaitGroup) error {
+// unorderedDelivery returns the fetch loop's hand-off for an unordered consumer: a delivery per
+// record, at most unorderedInFlightCountMax at once, each partition's offsets committed in order as
+// the deliveries finish.
+func (c *consumer) unorderedDelivery(k *committer, partitions map[int]int64, wg *sync.WaitGroup) func(context.Context, []kafka.Message) {
 	slots := make(chan struct{}, unorderedInFlightCountMax)
-	seen := offsetsSeen{}
-	pending := map[int]*pendingOffsets{}
-	for {
-		m, err := r.FetchMessage(ctx)
-		if err != nil {
-			return fetchError(ctx, err)
-		}
-		if !seen.first(m) {
-			continue
-		}
-		p, ok := pending[m.Partition]
-		if !ok {
-			p = &pendingOffsets{done: map[int64]bool{}}
-			pending[m.Partition] = p
-		}
-		p.fetched(m.Offset)
-		select {
-		case slots <- struct{}{}:
-		case <-ctx.Done():
-			return nil
-		}
-		wg.Go(func() {
-			defer func() { <-slots }()
-			if c.process(ctx, m) == outcomeAbandoned {
+	pending := make(map[int]*pendingOffsets, len(partitions))
+	for p := range partitions {
+		pending[p] = &pendingOffsets{done: map[int64]bool{}}
+	}
+	return func(ctx context.Context, batch []kafka.Message) {
+		p := pending[batch[0].Partition]
+		for _, m := range batch {
+			select {
+			case slots <- struct{}{}:
+			case <-ctx.Done():
 				return
 			}
-			if last := p.finished(m.Offset); last >= 0 {
-				k.mark(kafka.Message{Topic: m.Topic, Partition: m.Partition, Offset: last})
-			}
-		})
+			p.fetched(m.Offset)
+			wg.Go(func() {
+				defer func() { <-slots }()
+				if c.process(ctx, m) == outcomeAbandoned {
+					return
+				}
+				if last := p.finished(m.Offset); last >= 0 {
+					k.mark(m.Partition, last)
+				}
+			})
+		}
 	}
 }
 
@@ -173,39 +201,40 @@ func (c *consumer) process(ctx context.Context, m kafka.Message) outcome {
 	return out
 }
 
-// committer holds, per partition, the last record whose offset may be committed.
+// committer holds, per partition, the offset to commit: the one after the last finished record.
 type committer struct {
-	mu     sync.Mutex
-	latest map[int]kafka.Message
+	mu   sync.Mutex
+	next map[int]int64
 }
 
-// mark records that m and everything before it in its partition are finished.
-func (k *committer) mark(m kafka.Message) {
+// mark records that the record at offset and everything before it in partition are finished.
+func (k *committer) mark(partition int, offset int64) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if cur, ok := k.latest[m.Partition]; !ok || m.Offset > cur.Offset {
-		k.latest[m.Partition] = m
+	if cur, ok := k.next[partition]; !ok || offset+1 > cur {
+		k.next[partition] = offset + 1
 	}
 }
 
-// flush commits what was marked since the last flush.
-func (k *committer) flush(ctx context.Context, c *consumer, r *kafka.Reader) error {
+// take returns what was marked since the last take.
+func (k *committer) take() map[int]int64 {
 	k.mu.Lock()
-	msgs := make([]kafka.Message, 0, len(k.latest))
-	for _, m := range k.latest {
-		msgs = append(msgs, m)
-	}
-	clear(k.latest)
-	k.mu.Unlock()
-	if len(msgs) == 0 {
-		return nil
-	}
-	return c.commit(ctx, r, msgs...)
+	defer k.mu.Unlock()
+	offsets := maps.Clone(k.next)
+	clear(k.next)
+	return offsets
 }
 
-// commitPeriodically flushes the committer every commitIntervalMs until ctx ends; a commit that fails
-// for good stops the consumer.
-func (c *consumer) commitPeriodically(ctx context.Context, fail context.CancelCauseFunc, r *kafka.Reader, k *committer) {
+// errCommitFailed ends a consumer: its offsets could not be committed within commitAttemptsMax.
+var errCommitFailed = errors.New("commit failed")
+
+// errGenerationOver reports a commit refused because the group moved on to a new generation: the
+// finished records it held are delivered again by the partition's next owner.
+var errGenerationOver = errors.New("the consumer group rebalanced")
+
+// commitPeriodically commits what finished every commitIntervalMs until ctx ends. A commit that fails
+// for good stops the consumer; one refused because the group rebalanced ends the generation.
+func (c *consumer) commitPeriodically(ctx context.Context, stop context.CancelCauseFunc, gen *kafka.Generation, k *committer) {
 	t := time.NewTicker(commitIntervalMs * time.Millisecond)
 	defer t.Stop()
 	for {
@@ -213,53 +242,38 @@ func (c *consumer) commitPeriodically(ctx context.Context, fail context.CancelCa
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := k.flush(ctx, c, r); err != nil {
-				fail(err)
+			if err := c.commit(ctx, gen, k.take(), commitAttemptsMax); err != nil {
+				stop(err)
 				return
 			}
 		}
 	}
 }
 
-// commit commits the offsets of msgs. A delivery that finished is committed even while the consumer stops, so
-// each attempt is bounded on its own rather than by ctx; only one attempt is made once ctx has ended.
-func (c *consumer) commit(ctx context.Context, r *kafka.Reader, msgs ...kafka.Message) error {
-	var err error
-	for attempt := 1; attempt <= commitAttemptsMax; attempt++ {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeoutMs*time.Millisecond)
-		err = r.CommitMessages(cctx, msgs...)
-		cancel()
-		if err == nil || ctx.Err() != nil {
-			break
-		}
-		c.log.Warnw("commit failed; retrying", "topic", c.spec.Topic, "records", len(msgs), "attempt", attempt, "error", err)
-		time.Sleep(commitRetryDelayMs * time.Millisecond)
-	}
-	if err != nil {
-		return fmt.Errorf("commit %d offset(s) of %s for group %s: %w", len(msgs), c.spec.Topic, c.spec.Group, err)
-	}
-	return nil
-}
-
-// fetchError turns the reader's error into run's: nil when the consumer is stopping.
-func fetchError(ctx context.Context, err error) error {
-	if ctx.Err() != nil || errors.Is(err, io.EOF) {
+// commit commits offsets in at most attempts attempts, each bounded by the group's coordinator
+// timeout; only one attempt is made once ctx has ended.
+func (c *consumer) commit(ctx context.Context, gen *kafka.Generation, offsets map[int]int64, attempts int) error {
+	if len(offsets) == 0 {
 		return nil
 	}
-	return fmt.Errorf("fetch: %w", err)
-}
-
-// offsetsSeen remembers the last offset fetched per partition, so that records the group reader
-// fetches again after a rebalance are not queued twice.
-type offsetsSeen map[int]int64
-
-// first reports whether m is newer than every record fetched before from its partition.
-func (s offsetsSeen) first(m kafka.Message) bool {
-	if last, ok := s[m.Partition]; ok && m.Offset <= last {
-		return false
+	var err error
+	for attempt := 1; attempt <= attempts; attempt++ {
+		err = gen.CommitOffsets(map[string]map[int]int64{c.spec.Topic: offsets})
+		if err == nil {
+			return nil
+		}
+		c.m.consumerErrors.WithLabelValues(c.id, "commit").Inc()
+		if errors.Is(err, kafka.RebalanceInProgress) || errors.Is(err, kafka.IllegalGeneration) ||
+			errors.Is(err, kafka.UnknownMemberId) {
+			return fmt.Errorf("commit %d offset(s) of %s for group %s: %w: %w", len(offsets), c.spec.Topic, c.spec.Group, errGenerationOver, err)
+		}
+		if ctx.Err() != nil || attempt == attempts {
+			break
+		}
+		c.log.Warnw("commit failed; retrying", "topic", c.spec.Topic, "partitions", len(offsets), "attempt", attempt, "error", err)
+		time.Sleep(commitRetryDelayMs * time.Millisecond)
 	}
-	s[m.Partition] = m.Offset
-	return true
+	return fmt.Errorf("commit %d offset(s) of %s for group %s: %w: %w", len(offsets), c.spec.Topic, c.spec.Group, errCommitFailed, err)
 }
 
 // pendingOffsets tracks one partition of an unordered consumer: the offsets fetched, in order, and

@@ -739,3 +739,66 @@ func writeRaw(t *testing.T, addr, topic string, msgs ...kafka.Message) {
 		t.Fatal(err)
 	}
 }
+
+// TestSecondMemberTakesOverPartitions starts a second dispatcher in the same consumer group while the
+// first one is delivering: the group rebalances, the second member gets partitions of its own, every
+// event is delivered, neither member delivers a key's events out of order, and every offset ends up
+// committed.
+func TestSecondMemberTakesOverPartitions(t *testing.T) {
+	const topic, partitions, keys = "t.rebalance", 4, 16
+	addr := startBroker(t, eventing.Topic{Name: topic, Partitions: partitions})
+	d := Delivery{Retry: 3, BackoffPolicy: BackoffLinear, BackoffDelay: 5 * time.Millisecond, Timeout: 10 * time.Second}
+	c := source("rebalance", topic, "", d)
+	subA, subB := newRecorder(t, nil), newRecorder(t, nil)
+	a, b := c, c
+	a.Subscriber, b.Subscriber = Destination{URL: subA.url()}, Destination{URL: subB.url()}
+	startDispatcher(t, Config{Brokers: []string{addr}}, Topology{Consumers: []Consumer{a}}, nil)
+	published := 0
+	publishRound := func() {
+		var events []cloudevents.Event
+		for k := range keys {
+			events = append(events, testEvent(t, fmt.Sprintf("acct-%d", k), published))
+		}
+		publish(t, addr, topic, events...)
+		published++
+	}
+	publishRound()
+	waitFor(t, "the first member delivering", func() bool { return len(subA.accepted()) >= keys })
+
+	startDispatcher(t, Config{Brokers: []string{addr}}, Topology{Consumers: []Consumer{b}}, nil)
+	waitFor(t, "the second member delivering", func() bool {
+		publishRound()
+		time.Sleep(50 * time.Millisecond)
+		return len(subB.accepted()) > 0
+	})
+	publishRound()
+	waitFor(t, "every event delivered", func() bool {
+		ids := map[string]bool{}
+		for _, e := range append(subA.accepted(), subB.accepted()...) {
+			ids[e.ID()] = true
+		}
+		return len(ids) == keys*published
+	})
+	// A member may deliver again what it delivered before the rebalance but had not committed; it may
+	// never skip ahead of an event it has not delivered yet.
+	for name, rec := range map[string]*recorder{"first": subA, "second": subB} {
+		highest := map[string]int{}
+		for _, e := range rec.accepted() {
+			key, n := seqOf(t, e)
+			if h, ok := highest[key]; ok && n > h+1 {
+				t.Errorf("%s member delivered %s's event %d before %d", name, key, n, h+1)
+			}
+			highest[key] = max(highest[key], n)
+		}
+	}
+	lay := layout(t, addr, topic, partitions)
+	waitFor(t, "every offset committed", func() bool {
+		got := committed(t, addr, c.Group, topic, partitions)
+		for p := range partitions {
+			if got[p] != int64(len(lay[p])) {
+				return false
+			}
+		}
+		return true
+	})
+}

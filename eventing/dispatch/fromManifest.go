@@ -3,6 +3,7 @@ package dispatch
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/rickb777/date/period"
@@ -27,7 +28,16 @@ const (
 	sourceTimeoutDefaultMs      = 600_000
 	// keyTypeString is the only kafkasources key type the local dispatcher decodes (Knative's default).
 	keyTypeString = "string"
+	// fetchLingerMsMax bounds AnnotationFetchLinger: a linger is meant to gather records arriving a
+	// millisecond apart, not to hold them back noticeably.
+	fetchLingerMsMax = 50
 )
+
+// AnnotationFetchLinger on a KafkaSource sets, in milliseconds, its Consumer's FetchLinger. Only the
+// local dispatcher reads it; Knative's data plane ignores it. It suits a busy topic whose records
+// may wait a few milliseconds (rates for the ratekeeper), not one whose latency is the user's
+// (commands).
+const AnnotationFetchLinger = "kawase.dev/dev-fetch-linger-ms"
 
 // FromManifest reads the Topology of the dispatcher from the manifests: every KafkaSource and every
 // Subscription (to a KafkaChannel of the set) becomes a Consumer, every KafkaChannel a Channel and every
@@ -90,6 +100,9 @@ func sourceConsumer(ks *kafkasourcesv1beta1.KafkaSource) (Consumer, error) {
 		c.Extensions = spec.CloudEventOverrides.Extensions
 	}
 	var err error
+	if c.FetchLinger, err = fetchLinger(ks.Annotations[AnnotationFetchLinger]); err != nil {
+		return Consumer{}, fmt.Errorf("%w: %s: annotation %s: %w", ErrTopology, id, AnnotationFetchLinger, err)
+	}
 	if c.Subscriber, err = destination(&spec.Sink); err != nil {
 		return Consumer{}, fmt.Errorf("%w: %s: spec.sink: %w", ErrTopology, id, err)
 	}
@@ -102,6 +115,18 @@ func sourceConsumer(ks *kafkasourcesv1beta1.KafkaSource) (Consumer, error) {
 		return Consumer{}, fmt.Errorf("%w: %s: spec.delivery: %w", ErrTopology, id, err)
 	}
 	return c, nil
+}
+
+// fetchLinger reads an AnnotationFetchLinger value; empty means none.
+func fetchLinger(v string) (time.Duration, error) {
+	if v == "" {
+		return 0, nil
+	}
+	ms, err := strconv.Atoi(v)
+	if err != nil || ms < 0 || ms > fetchLingerMsMax {
+		return 0, fmt.Errorf("%q is not a whole number of milliseconds from 0 to %d", v, fetchLingerMsMax)
+	}
+	return time.Duration(ms) * time.Millisecond, nil
 }
 
 // subscriptionConsumer converts a Subscription to a KafkaChannel as Knative's channel reconciler does:

@@ -71,6 +71,7 @@ func TestFromManifestAppliesKnativeDefaults(t *testing.T) {
 			ks.Spec.Ordering = &ordering
 			ks.Spec.Delivery = &eventingduckv1.DeliverySpec{Retry: ptr.To[int32](3), Timeout: ptr.To("PT2S")}
 			ks.Spec.CloudEventOverrides = &duckv1.CloudEventOverrides{Extensions: map[string]string{"env": "dev"}}
+			ks.Annotations = map[string]string{AnnotationFetchLinger: "7"}
 		}),
 	}
 	set.KafkaSinks = []*kafkaeventingv1alpha1.KafkaSink{{ObjectMeta: metav1.ObjectMeta{Name: "deadletters", Namespace: ns},
@@ -87,14 +88,14 @@ func TestFromManifestAppliesKnativeDefaults(t *testing.T) {
 	if bare.Delivery.Retry != 10 || bare.Delivery.BackoffPolicy != BackoffExponential ||
 		bare.Delivery.BackoffDelay != 300*time.Millisecond || bare.Delivery.Timeout != 600*time.Second ||
 		bare.Ordering != Ordered || bare.Group != "g-bare" || bare.Topic != "kawase.rates" ||
-		bare.Subscriber != (Destination{Kind: KindService, Name: "ratekeeper"}) ||
+		bare.Subscriber != (Destination{Kind: KindService, Name: "ratekeeper"}) || bare.FetchLinger != 0 ||
 		bare.InvalidSource != "/apis/v1/namespaces/kawase/kafkasources/bare#kawase.rates" {
 		t.Errorf("bare KafkaSource: %+v", bare)
 	}
 	explicit := byID["KafkaSource/explicit"]
 	if explicit.Ordering != Unordered || explicit.Delivery.BackoffDelay != backoffDelayDefaultMs*time.Millisecond ||
 		explicit.Delivery.Timeout != 2*time.Second || explicit.Delivery.BackoffPolicy != BackoffExponential ||
-		explicit.Delivery.DeadLetter != nil || explicit.Extensions["env"] != "dev" {
+		explicit.Delivery.DeadLetter != nil || explicit.Extensions["env"] != "dev" || explicit.FetchLinger != 7*time.Millisecond {
 		t.Errorf("explicit KafkaSource: %+v", explicit)
 	}
 	sub := byID["Subscription/executions-to-relay"]
@@ -127,6 +128,12 @@ func TestFromManifestRefusesWhatItCannotRun(t *testing.T) {
 		})}},
 		"bad duration": {KafkaSources: []*kafkasourcesv1beta1.KafkaSource{kafkaSource("x", func(ks *kafkasourcesv1beta1.KafkaSource) {
 			ks.Spec.Delivery = &eventingduckv1.DeliverySpec{Retry: ptr.To[int32](1), BackoffDelay: ptr.To("3 seconds")}
+		})}},
+		"linger not a number": {KafkaSources: []*kafkasourcesv1beta1.KafkaSource{kafkaSource("x", func(ks *kafkasourcesv1beta1.KafkaSource) {
+			ks.Annotations = map[string]string{AnnotationFetchLinger: "5ms"}
+		})}},
+		"linger too long": {KafkaSources: []*kafkasourcesv1beta1.KafkaSource{kafkaSource("x", func(ks *kafkasourcesv1beta1.KafkaSource) {
+			ks.Annotations = map[string]string{AnnotationFetchLinger: "51"}
 		})}},
 		"no sink": {KafkaSources: []*kafkasourcesv1beta1.KafkaSource{kafkaSource("x", func(ks *kafkasourcesv1beta1.KafkaSource) {
 			ks.Spec.Sink = duckv1.Destination{}
@@ -162,6 +169,10 @@ func TestFromManifestReadsConfig(t *testing.T) {
 	for _, c := range top.Consumers {
 		if c.Delivery.DeadLetter == nil || c.Delivery.DeadLetter.Kind != KindKafkaSink {
 			t.Errorf("%s has no KafkaSink dead-letter sink", c.ID())
+		}
+		// Only the rates may wait for company; a command's wait is a trader's.
+		if wantLinger := c.Topic == eventing.TopicRates; (c.FetchLinger > 0) != wantLinger {
+			t.Errorf("%s of %s lingers %v", c.ID(), c.Topic, c.FetchLinger)
 		}
 	}
 	resolver := func(kind, name string) (string, error) { return "http://127.0.0.1:1/" + kind + "/" + name, nil }

@@ -39,6 +39,8 @@ type metrics struct {
 	deadLetters *prometheus.CounterVec
 	inFlight    *prometheus.GaugeVec
 	ingress     *prometheus.CounterVec
+	// consumerErrors counts the consumer's own trouble with Kafka, each retried.
+	consumerErrors *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -63,9 +65,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "kawase_dispatch_ingress_requests_total",
 			Help: "Requests to KafkaChannel and KafkaSink endpoints, by endpoint and HTTP status code.",
 		}, []string{"endpoint", "code"}),
+		consumerErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kawase_dispatch_consumer_errors_total",
+			Help: "Failed Kafka operations of consumers (join, fetch, commit), each retried or ending a generation, by consumer and operation.",
+		}, []string{"consumer", "operation"}),
 	}
 	var errs []error
-	for _, c := range []prometheus.Collector{m.deliveries, m.retries, m.deadLetters, m.inFlight, m.ingress} {
+	for _, c := range []prometheus.Collector{m.deliveries, m.retries, m.deadLetters, m.inFlight, m.ingress, m.consumerErrors} {
 		if err := reg.Register(c); err != nil {
 			errs = append(errs, err)
 		}

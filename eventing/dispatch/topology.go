@@ -107,6 +107,10 @@ type Consumer struct {
 	InvalidSource string
 	// Extensions are the KafkaSource's ceOverrides extensions, set on every delivered event.
 	Extensions map[string]string
+	// FetchLinger is how long the consumer waits after a fetch that returned records before fetching
+	// again (see cekafka.PartitionsConfig.Linger); 0 fetches again at once. From the KafkaSource's
+	// AnnotationFetchLinger.
+	FetchLinger time.Duration
 }
 
 // ID names the consumer in logs and metric labels, e.g. "KafkaSource/rates-to-ratekeeper".
