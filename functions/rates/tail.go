@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -18,13 +17,13 @@ import (
 // Limits of tailing the topic. Each replica reads every partition itself (no consumer group: every
 // replica must see every pair), starting BackfillRecords back from the end.
 const (
-	tailMaxWaitMs        = 250
-	tailBytesMax         = 4 << 20
-	tailQueueMessagesMax = 1000
+	tailMaxWaitMs = 250
+	// tailLingerMs is the pause after a fetch that returned rates: at 1,000 rates/s arriving one a
+	// millisecond it fetches a few per round trip instead of one, for at most this much staleness.
+	tailLingerMs         = 5
 	discoverTimeoutMs    = 10_000
 	discoverBackoffMs    = 250
 	discoverBackoffMaxMs = 5_000
-	fetchErrorBackoffMs  = 200
 )
 
 // tailer reads every partition of the rates topic and hands each rate to apply.
@@ -70,15 +69,7 @@ func (t *tailer) run(ctx context.Context) error {
 		}
 	}
 	t.pending.Store(pending)
-	var wg sync.WaitGroup
-	for _, r := range ranges {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			t.readPartition(ctx, r)
-		}()
-	}
-	wg.Wait()
+	t.read(ctx, ranges)
 	return ctx.Err()
 }
 
@@ -135,38 +126,38 @@ func (t *tailer) discover(ctx context.Context) ([]partitionRange, error) {
 	return ranges, nil
 }
 
-// readPartition applies every record of one partition from r.start on, until ctx ends. kafka-go's
-// partition reader reconnects by itself; a fetch error is counted and the fetch retried after a
-// short pause, so a broker outage makes rates stale (and not tradeable) rather than stopping the tail.
-func (t *tailer) readPartition(ctx context.Context, r partitionRange) {
-	reader := kafka.NewReader(kafka.ReaderConfig{Brokers: t.cfg.Brokers, Topic: t.cfg.Topic, Partition: r.partition,
-		MinBytes: 1, MaxBytes: tailBytesMax, MaxWait: tailMaxWaitMs * time.Millisecond, QueueCapacity: tailQueueMessagesMax})
-	defer reader.Close()
-	if err := reader.SetOffset(r.start); err != nil {
-		panic(fmt.Sprintf("rates: set offset on a new reader: %v", err)) // only fails once reading started
+// read applies every record of every partition from its range's start on, until ctx ends, with one
+// fetch loop for all partitions. A fetch error is counted and the fetch retried after a short pause, so
+// a broker outage makes rates stale (and not tradeable) rather than stopping the tail.
+func (t *tailer) read(ctx context.Context, ranges []partitionRange) {
+	from := map[int]int64{}
+	// ends holds, for each partition not read to its start-up end yet, that end; read-only once
+	// reading starts, while each caught-up flag is set once.
+	type startupEnd struct {
+		offset   int64
+		caughtUp atomic.Bool
 	}
-	caughtUp := r.start >= r.end
-	for {
-		m, err := reader.FetchMessage(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			t.m.tailErrors.Inc()
-			t.log.Warnw("fetch from the rates topic failed; retrying", "partition", r.partition, "error", err)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(fetchErrorBackoffMs * time.Millisecond):
-			}
-			continue
+	ends := map[int]*startupEnd{}
+	for _, r := range ranges {
+		from[r.partition] = r.start
+		if r.start < r.end {
+			ends[r.partition] = &startupEnd{offset: r.end}
 		}
-		t.applyMessage(m)
-		if !caughtUp && m.Offset+1 >= r.end {
-			caughtUp = true
+	}
+	cfg := cekafka.PartitionsConfig{Brokers: t.cfg.Brokers, Topic: t.cfg.Topic, MaxWait: tailMaxWaitMs * time.Millisecond, Linger: tailLingerMs * time.Millisecond,
+		OnError: func(err error) {
+			t.m.tailErrors.Inc()
+			t.log.Warnw("fetch from the rates topic failed; retrying", "error", err)
+		}}
+	cekafka.ReadPartitions(ctx, cfg, from, func(_ context.Context, batch []kafka.Message) {
+		for _, m := range batch {
+			t.applyMessage(m)
+		}
+		last := batch[len(batch)-1]
+		if e, ok := ends[last.Partition]; ok && last.Offset+1 >= e.offset && e.caughtUp.CompareAndSwap(false, true) {
 			t.pending.Add(-1)
 		}
-	}
+	})
 }
 
 func (t *tailer) applyMessage(m kafka.Message) {

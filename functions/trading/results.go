@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,7 +21,6 @@ const (
 	tailDialTimeoutMs   = 5_000
 	tailRetryMs         = 1_000
 	tailReaderMaxWaitMs = 500
-	tailReaderBytesMax  = 10 << 20
 )
 
 // resultTail reads every partition of kawase.order.results from the end — no consumer group, so
@@ -69,14 +66,14 @@ func (t *resultTail) deliver(r eventing.OrderResultV1) {
 	}
 }
 
-// run positions one reader per partition at the partition's end, then reads until ctx ends. A
-// failed start is retried; results published while no reader ran are never waited for (those requests
-// have answered 202 already).
+// run finds where every partition ends, then reads from there until ctx ends. A failed start is
+// retried; results published while the tail was not yet positioned are never waited for (those
+// requests have answered 202 already).
 func (t *resultTail) run(ctx context.Context) error {
-	var readers []*kafka.Reader
+	var from map[int]int64
 	for {
 		var err error
-		readers, err = t.position(ctx)
+		from, err = t.position(ctx)
 		if err == nil {
 			break
 		}
@@ -88,88 +85,60 @@ func (t *resultTail) run(ctx context.Context) error {
 		}
 	}
 	t.ready.Store(true)
-	var wg sync.WaitGroup
-	for _, r := range readers {
-		wg.Go(func() { t.read(ctx, r) })
-	}
-	wg.Wait()
+	cfg := cekafka.PartitionsConfig{Brokers: t.brokers, Topic: eventing.TopicOrderResults,
+		MaxWait: tailReaderMaxWaitMs * time.Millisecond,
+		OnError: func(err error) { t.log.Warnw("reading order results failed; retrying", "error", err) }}
+	cekafka.ReadPartitions(ctx, cfg, from, func(_ context.Context, batch []kafka.Message) {
+		for _, m := range batch {
+			t.read(m)
+		}
+	})
 	return nil
 }
 
-// position creates a reader per partition starting at the partition's current last offset.
-func (t *resultTail) position(ctx context.Context) ([]*kafka.Reader, error) {
-	dctx, cancel := context.WithTimeout(ctx, tailDialTimeoutMs*time.Millisecond)
+// position returns each partition's current end offset.
+func (t *resultTail) position(ctx context.Context) (map[int]int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, tailDialTimeoutMs*time.Millisecond)
 	defer cancel()
-	conn, err := kafka.DialContext(dctx, "tcp", t.brokers[0])
+	topic := eventing.TopicOrderResults
+	client := &kafka.Client{Addr: kafka.TCP(t.brokers...), Timeout: tailDialTimeoutMs * time.Millisecond}
+	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
 	if err != nil {
-		return nil, fmt.Errorf("dial kafka: %w", err)
+		return nil, fmt.Errorf("metadata of %s: %w", topic, err)
 	}
-	defer conn.Close()
-	parts, err := conn.ReadPartitions(eventing.TopicOrderResults)
+	if len(md.Topics) != 1 || md.Topics[0].Error != nil || len(md.Topics[0].Partitions) == 0 {
+		return nil, errors.New("topic " + topic + " is missing or has no partitions")
+	}
+	var reqs []kafka.OffsetRequest
+	for _, p := range md.Topics[0].Partitions {
+		reqs = append(reqs, kafka.LastOffsetOf(p.ID))
+	}
+	offs, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
 	if err != nil {
-		return nil, fmt.Errorf("read partitions of %s: %w", eventing.TopicOrderResults, err)
+		return nil, fmt.Errorf("offsets of %s: %w", topic, err)
 	}
-	var readers []*kafka.Reader
-	for _, p := range parts {
-		last, err := lastOffset(dctx, p)
-		if err != nil {
-			for _, r := range readers {
-				_ = r.Close()
-			}
-			return nil, err
+	from := map[int]int64{}
+	for _, po := range offs.Topics[topic] {
+		if po.Error != nil {
+			return nil, fmt.Errorf("offsets of %s/%d: %w", topic, po.Partition, po.Error)
 		}
-		r := kafka.NewReader(kafka.ReaderConfig{Brokers: t.brokers, Topic: p.Topic, Partition: p.ID, MinBytes: 1,
-			MaxBytes: tailReaderBytesMax, MaxWait: tailReaderMaxWaitMs * time.Millisecond})
-		if err := r.SetOffset(last); err != nil {
-			_ = r.Close()
-			return nil, fmt.Errorf("position result reader: %w", err)
-		}
-		readers = append(readers, r)
+		from[po.Partition] = po.LastOffset
 	}
-	if len(readers) == 0 {
-		return nil, errors.New("topic " + eventing.TopicOrderResults + " has no partitions")
+	if len(from) != len(md.Topics[0].Partitions) {
+		return nil, fmt.Errorf("offsets of %s: %d of %d partitions", topic, len(from), len(md.Topics[0].Partitions))
 	}
-	return readers, nil
+	return from, nil
 }
 
-func lastOffset(ctx context.Context, p kafka.Partition) (int64, error) {
-	addr := net.JoinHostPort(p.Leader.Host, strconv.Itoa(p.Leader.Port))
-	conn, err := kafka.DialLeader(ctx, "tcp", addr, p.Topic, p.ID)
+// read hands the result in m, if it is one, to the request waiting for it.
+func (t *resultTail) read(m kafka.Message) {
+	ev, err := cekafka.FromMessage(m)
 	if err != nil {
-		return 0, fmt.Errorf("dial leader of %s/%d: %w", p.Topic, p.ID, err)
+		return
 	}
-	defer conn.Close()
-	off, err := conn.ReadLastOffset()
+	res, err := eventing.Decode[eventing.OrderResultV1](ev, eventing.TypeOrderResult)
 	if err != nil {
-		return 0, fmt.Errorf("last offset of %s/%d: %w", p.Topic, p.ID, err)
+		return
 	}
-	return off, nil
-}
-
-func (t *resultTail) read(ctx context.Context, r *kafka.Reader) {
-	defer r.Close()
-	for {
-		m, err := r.ReadMessage(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			t.log.Warnw("reading order results failed; retrying", "error", err)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(tailRetryMs * time.Millisecond):
-			}
-			continue
-		}
-		ev, err := cekafka.FromMessage(m)
-		if err != nil {
-			continue
-		}
-		res, err := eventing.Decode[eventing.OrderResultV1](ev, eventing.TypeOrderResult)
-		if err != nil {
-			continue
-		}
-		t.deliver(*res)
-	}
+	t.deliver(*res)
 }
