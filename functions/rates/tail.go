@@ -20,7 +20,7 @@ const (
 	tailMaxWaitMs = 250
 	// tailLingerMs is the pause after a fetch that returned rates: at 1,000 rates/s arriving one a
 	// millisecond it fetches a few per round trip instead of one, for at most this much staleness.
-	tailLingerMs         = 5
+	tailLingerMs         = 2
 	discoverTimeoutMs    = 10_000
 	discoverBackoffMs    = 250
 	discoverBackoffMaxMs = 5_000
