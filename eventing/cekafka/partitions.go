@@ -29,6 +29,9 @@ const (
 	fetchDeadlineSlackMs = 10_000
 	// fetchLookupTimeoutMs bounds one look-up of leaders or offsets.
 	fetchLookupTimeoutMs = 10_000
+	// fetchEmptyPauseMs is the pause after a fetch that the broker answered early without a record
+	// to deliver.
+	fetchEmptyPauseMs = 10
 )
 
 // PartitionsConfig says which topic ReadPartitions reads and how it reports trouble.
@@ -102,7 +105,7 @@ func readRound(ctx context.Context, cfg PartitionsConfig, next map[int]int64, de
 			f.next[p] = next[p]
 		}
 		wg.Go(func() {
-			cancel(f.loop(roundCtx, deliver))
+			cancel(f.loop(roundCtx, ctx, deliver))
 			mu.Lock()
 			defer mu.Unlock()
 			maps.Copy(next, f.next)
@@ -177,27 +180,44 @@ type leaderFetch struct {
 	next   map[int]int64
 }
 
-// loop fetches and delivers until ctx ends (nil) or a fetch fails.
-func (f *leaderFetch) loop(ctx context.Context, deliver func(context.Context, []kafka.Message)) error {
+// loop fetches with fetchCtx and delivers with ctx until either ends (nil) or a fetch fails. Delivery
+// has the caller's ctx, not the round's, so a failure at another leader never cuts a batch short: a
+// batch is handed over whole before the round ends.
+func (f *leaderFetch) loop(fetchCtx, ctx context.Context, deliver func(context.Context, []kafka.Message)) error {
 	partitions := slices.Sorted(maps.Keys(f.next))
-	for ctx.Err() == nil {
-		res, err := f.fetch(ctx, partitions)
+	for fetchCtx.Err() == nil {
+		started := time.Now()
+		res, err := f.fetch(fetchCtx, partitions)
 		if err != nil {
-			if ctx.Err() != nil {
+			if fetchCtx.Err() != nil {
 				return nil
 			}
 			return err
 		}
 		delivered, err := f.deliverAll(ctx, res, deliver)
-		if err != nil {
+		if err != nil || ctx.Err() != nil {
 			return err
 		}
-		if delivered && f.cfg.Linger > 0 {
+		pause := time.Duration(0)
+		switch {
+		case delivered:
+			pause = f.cfg.Linger
+		case time.Since(started) < f.cfg.MaxWait/2:
+			// Answered early with nothing new (a batch of only control records, say): without a
+			// pause the loop would spin.
+			pause = fetchEmptyPauseMs * time.Millisecond
+		}
+		if pause > 0 {
 			select {
-			case <-ctx.Done():
-			case <-time.After(f.cfg.Linger):
+			case <-fetchCtx.Done():
+			case <-time.After(pause):
 			}
 		}
+		// The response is bounded (readerMaxBytes), so partitions late in the request could wait
+		// behind busy ones; each fetch starts one partition further along.
+		first := partitions[0]
+		copy(partitions, partitions[1:])
+		partitions[len(partitions)-1] = first
 	}
 	return nil
 }
@@ -236,19 +256,19 @@ func (f *leaderFetch) fetch(ctx context.Context, partitions []int) (*fetchapi.Re
 }
 
 // deliverAll hands each partition's new records to deliver and advances its offset. A partition
-// error ends the round; a partition whose offset fell out of the log (retention removed it) restarts
-// from the log's start in the next round, like Kafka's auto.offset.reset=earliest.
+// error ends the round. A partition whose offset is outside the log (retention removed it, or the
+// topic was re-created shorter) restarts from the log's start in the next round, as a Kafka consumer
+// with auto.offset.reset=earliest does in either direction (Knative's initialOffset: earliest); what
+// it reads again is absorbed by consumers that are idempotent, as all of ours are.
 func (f *leaderFetch) deliverAll(ctx context.Context, res *fetchapi.Response, deliver func(context.Context, []kafka.Message)) (delivered bool, err error) {
 	for _, t := range res.Topics {
 		for i := range t.Partitions {
 			rp := &t.Partitions[i]
 			p := int(rp.Partition)
 			if _, ok := f.next[p]; !ok || t.Topic != f.cfg.Topic {
-				closeRecords(rp.RecordSet.Records)
 				continue
 			}
 			if rp.ErrorCode != 0 {
-				closeRecords(rp.RecordSet.Records)
 				err := fmt.Errorf("fetch %s/%d at %d: %w", f.cfg.Topic, p, f.next[p], kafka.Error(rp.ErrorCode))
 				if errors.Is(err, kafka.OffsetOutOfRange) {
 					f.next[p] = kafka.FirstOffset // the next round looks the start up
@@ -276,7 +296,6 @@ func (f *leaderFetch) records(p int, rp *fetchapi.ResponsePartition) ([]kafka.Me
 	if rr == nil {
 		return nil, nil
 	}
-	defer closeRecords(rr)
 	var batch []kafka.Message
 	for {
 		r, err := rr.ReadRecord()
@@ -287,9 +306,11 @@ func (f *leaderFetch) records(p int, rp *fetchapi.ResponsePartition) ([]kafka.Me
 			return nil, fmt.Errorf("read records of %s/%d: %w", f.cfg.Topic, p, err)
 		}
 		if r.Offset < f.next[p] {
+			releaseRecord(r)
 			continue
 		}
 		m, err := copyRecord(f.cfg.Topic, p, rp.HighWatermark, r)
+		releaseRecord(r)
 		if err != nil {
 			return nil, fmt.Errorf("read record %s/%d@%d: %w", f.cfg.Topic, p, r.Offset, err)
 		}
@@ -319,9 +340,11 @@ func copyRecord(topic string, partition int, highWatermark int64, r *protocol.Re
 		Key: key, Value: value, Headers: headers, Time: r.Time}, nil
 }
 
-// closeRecords releases a response's record buffers where the reader holds any.
-func closeRecords(rr protocol.RecordReader) {
-	if c, ok := rr.(io.Closer); ok {
-		_ = c.Close()
+// releaseRecord hands a record's key and value buffers back to kafka-go's pool.
+func releaseRecord(r *protocol.Record) {
+	for _, b := range []protocol.Bytes{r.Key, r.Value} {
+		if b != nil {
+			_ = b.Close()
+		}
 	}
 }

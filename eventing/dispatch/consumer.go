@@ -21,7 +21,7 @@ const (
 	// partitionQueueRecordsMax bounds the records fetched ahead for one partition of an ordered
 	// consumer. The fetch loop does not pause one partition as Knative's consumer does, so once a
 	// partition blocked in retries has this many records waiting, fetching waits for it and the other
-	// partitions idle too.
+	// partitions the same broker leads idle too.
 	partitionQueueRecordsMax = 512
 	// commitIntervalMs is how often the offsets of finished records are committed, as Knative's
 	// dispatcher commits periodically rather than per record; a stop commits at once. After a crash
@@ -48,10 +48,12 @@ type consumer struct {
 	log           *zap.SugaredLogger
 }
 
-// run consumes as a member of the consumer group until ctx ends or a commit fails for good. Each
-// generation of the group (each assignment of partitions) is consumed on its own; see consume.
-// Joining is retried without bound, on purpose: a dispatcher waits for its broker rather than
-// stopping, and kafka-go's group backs off between attempts.
+// run consumes as a member of the consumer group until ctx ends. Each generation of the group (each
+// assignment of partitions) is consumed on its own; see consume. Trouble with Kafka (joining,
+// fetching, committing) is counted and retried without bound, on purpose: a dispatcher waits for its
+// broker rather than stopping, kafka-go's group backs off between joins, and a generation whose
+// commits fail ends so that the next one starts on a fresh coordinator connection. It fails only
+// when the group cannot be set up at all.
 func (c *consumer) run(ctx context.Context) error {
 	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID: c.spec.Group, Brokers: c.brokers, Topics: []string{c.spec.Topic},
@@ -60,7 +62,13 @@ func (c *consumer) run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("dispatch %s: consumer group: %w", c.id, err)
 	}
-	defer group.Close() //nolint:errcheck // leaving the group is best effort; its session expires anyway
+	// Closing as soon as ctx ends, rather than once run returns, keeps kafka-go from joining the
+	// group again when the last generation ends; Close waits for that generation's final commit.
+	leave := context.AfterFunc(ctx, func() { _ = group.Close() })
+	defer func() {
+		leave()
+		_ = group.Close() // leaving is best effort: the session expires anyway
+	}()
 	for {
 		gen, err := group.Next(ctx)
 		if ctx.Err() != nil {
@@ -71,20 +79,21 @@ func (c *consumer) run(ctx context.Context) error {
 			c.log.Warnw("joining the consumer group failed; retrying", "group", c.spec.Group, "error", err)
 			continue
 		}
-		done := make(chan error, 1)
-		gen.Start(func(genCtx context.Context) { done <- c.consume(ctx, genCtx, gen) })
-		if err := <-done; err != nil {
-			return fmt.Errorf("dispatch %s: %w", c.id, err)
-		}
+		done := make(chan struct{})
+		gen.Start(func(genCtx context.Context) {
+			defer close(done)
+			c.consume(ctx, genCtx, gen)
+		})
+		<-done
 	}
 }
 
 // consume reads and delivers the partitions gen assigned until the generation ends (the group
-// rebalances) or ctx does, with one fetch loop for all of them. Records are committed only once
-// delivered, dead-lettered, dropped or discarded; what is in flight at the end is abandoned
-// uncommitted and delivered again by the partition's next owner. It returns an error only when a
-// commit fails for good.
-func (c *consumer) consume(ctx, genCtx context.Context, gen *kafka.Generation) error {
+// rebalances, or a commit fails) or ctx does, with one fetch loop for all of them. Records are
+// committed only once delivered, dead-lettered, dropped or discarded; what is in flight at the end is
+// abandoned uncommitted and delivered again by the partition's next owner, as is finished work whose
+// commit failed.
+func (c *consumer) consume(ctx, genCtx context.Context, gen *kafka.Generation) {
 	runCtx, cancel := context.WithCancelCause(genCtx)
 	defer cancel(nil)
 	defer context.AfterFunc(ctx, func() { cancel(nil) })()
@@ -96,9 +105,11 @@ func (c *consumer) consume(ctx, genCtx context.Context, gen *kafka.Generation) e
 	flushed := make(chan struct{})
 	go func() { defer close(flushed); c.commitPeriodically(runCtx, cancel, gen, k) }()
 	var wg sync.WaitGroup
-	deliver := c.orderedDelivery(runCtx, k, from, &wg)
+	var deliver func(context.Context, []kafka.Message)
 	if c.spec.Ordering == Unordered {
-		deliver = c.unorderedDelivery(k, from, &wg)
+		deliver = c.unorderedDelivery(runCtx, k, from, &wg)
+	} else {
+		deliver = c.orderedDelivery(runCtx, k, from, &wg)
 	}
 	cekafka.ReadPartitions(runCtx, cekafka.PartitionsConfig{Brokers: c.brokers, Topic: c.spec.Topic, Linger: c.spec.FetchLinger,
 		OnError: func(err error) {
@@ -109,13 +120,13 @@ func (c *consumer) consume(ctx, genCtx context.Context, gen *kafka.Generation) e
 	wg.Wait()
 	<-flushed
 	if err := context.Cause(runCtx); errors.Is(err, errCommitFailed) {
-		return err
+		c.log.Warnw("ending the generation after failed commits; the next one starts afresh", "error", err)
+		return
 	}
 	// The last finished work: one attempt, since the generation or the dispatcher is ending.
 	if err := c.commit(ctx, gen, k.take(), 1); err != nil && !errors.Is(err, errGenerationOver) {
-		return err
+		c.log.Warnw("final commit of the generation failed; its last finished records will be delivered again", "error", err)
 	}
-	return nil
 }
 
 // orderedDelivery starts a goroutine per partition that delivers the partition's records one at a
@@ -158,18 +169,18 @@ func (c *consumer) drainPartition(ctx context.Context, k *committer, q <-chan ka
 // unorderedDelivery returns the fetch loop's hand-off for an unordered consumer: a delivery per
 // record, at most unorderedInFlightCountMax at once, each partition's offsets committed in order as
 // the deliveries finish.
-func (c *consumer) unorderedDelivery(k *committer, partitions map[int]int64, wg *sync.WaitGroup) func(context.Context, []kafka.Message) {
+func (c *consumer) unorderedDelivery(ctx context.Context, k *committer, partitions map[int]int64, wg *sync.WaitGroup) func(context.Context, []kafka.Message) {
 	slots := make(chan struct{}, unorderedInFlightCountMax)
 	pending := make(map[int]*pendingOffsets, len(partitions))
 	for p := range partitions {
 		pending[p] = &pendingOffsets{done: map[int64]bool{}}
 	}
-	return func(ctx context.Context, batch []kafka.Message) {
+	return func(fetchCtx context.Context, batch []kafka.Message) {
 		p := pending[batch[0].Partition]
 		for _, m := range batch {
 			select {
 			case slots <- struct{}{}:
-			case <-ctx.Done():
+			case <-fetchCtx.Done():
 				return
 			}
 			p.fetched(m.Offset)
@@ -225,7 +236,7 @@ func (k *committer) take() map[int]int64 {
 	return offsets
 }
 
-// errCommitFailed ends a consumer: its offsets could not be committed within commitAttemptsMax.
+// errCommitFailed ends a generation: its offsets could not be committed within commitAttemptsMax.
 var errCommitFailed = errors.New("commit failed")
 
 // errGenerationOver reports a commit refused because the group moved on to a new generation: the
@@ -233,7 +244,7 @@ var errCommitFailed = errors.New("commit failed")
 var errGenerationOver = errors.New("the consumer group rebalanced")
 
 // commitPeriodically commits what finished every commitIntervalMs until ctx ends. A commit that fails
-// for good stops the consumer; one refused because the group rebalanced ends the generation.
+// for good, or is refused because the group rebalanced, ends the generation.
 func (c *consumer) commitPeriodically(ctx context.Context, stop context.CancelCauseFunc, gen *kafka.Generation, k *committer) {
 	t := time.NewTicker(commitIntervalMs * time.Millisecond)
 	defer t.Stop()

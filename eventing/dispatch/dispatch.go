@@ -149,8 +149,8 @@ func resolve(r Resolver, dest Destination) (string, error) {
 }
 
 // Run consumes and delivers until ctx ends, then stops every consumer, abandoning in-flight deliveries
-// without committing them. It returns an error only when a consumer fails for good (its offsets can
-// no longer be committed), after stopping the others.
+// without committing them. Trouble with Kafka is counted and retried (see consumer.run); Run returns
+// an error only when a consumer group cannot be set up at all, after stopping the others.
 func (d *Dispatcher) Run(ctx context.Context) error {
 	if len(d.consumers) == 0 {
 		<-ctx.Done()
