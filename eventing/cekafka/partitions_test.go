@@ -47,6 +47,20 @@ func (l *partitionLog) total() int {
 	return n
 }
 
+// startReading runs ReadPartitions until the returned stop is called; stop waits for it to return.
+func startReading(ctx context.Context, cfg cekafka.PartitionsConfig, from map[int]int64, deliver func(context.Context, []kafka.Message)) (stop func()) {
+	readCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		cekafka.ReadPartitions(readCtx, cfg, from, deliver)
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
+}
+
 // waitFor polls until cond holds or the test's time runs out.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -105,20 +119,14 @@ func TestReadPartitionsDeliversEveryPartitionInOrder(t *testing.T) {
 	}
 
 	log := &partitionLog{records: map[int][]kafka.Message{}}
-	readCtx, stop := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		cekafka.ReadPartitions(readCtx, cekafka.PartitionsConfig{Brokers: []string{addr}, Topic: "t.parts",
-			MaxWait: 100 * time.Millisecond, OnError: log.onError}, from, log.deliver)
-	}()
+	stop := startReading(ctx, cekafka.PartitionsConfig{Brokers: []string{addr}, Topic: "t.parts",
+		MaxWait: 100 * time.Millisecond, OnError: log.onError}, from, log.deliver)
 	firstRead := len(keys)*perKey - 5 - int(before[2]) // partition 1 skips 5, partition 2 starts at its end
 	waitFor(t, "the records already written", func() bool { return log.total() >= firstRead })
 	publish(perKey, 2*perKey) // arrives while the fetch waits
 	waitFor(t, "the records written while reading", func() bool { return log.total() >= firstRead+len(keys)*perKey })
 	time.Sleep(200 * time.Millisecond) // anything extra would show now
 	stop()
-	<-done
 
 	total := log.total()
 	log.mu.Lock()
@@ -175,16 +183,10 @@ func TestReadPartitionsRestartsAnOffsetOutOfRange(t *testing.T) {
 		}
 	}
 	log := &partitionLog{records: map[int][]kafka.Message{}}
-	readCtx, stop := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		cekafka.ReadPartitions(readCtx, cekafka.PartitionsConfig{Brokers: []string{addr}, Topic: "t.range",
-			MaxWait: 100 * time.Millisecond, OnError: log.onError}, map[int]int64{0: 1000}, log.deliver)
-	}()
+	stop := startReading(ctx, cekafka.PartitionsConfig{Brokers: []string{addr}, Topic: "t.range",
+		MaxWait: 100 * time.Millisecond, OnError: log.onError}, map[int]int64{0: 1000}, log.deliver)
 	waitFor(t, "the partition read from its start", func() bool { return log.total() >= 5 })
 	stop()
-	<-done
 	log.mu.Lock()
 	defer log.mu.Unlock()
 	if len(log.errs) == 0 || !errors.Is(log.errs[0], kafka.OffsetOutOfRange) {

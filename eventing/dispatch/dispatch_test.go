@@ -534,15 +534,7 @@ func TestRestartResumesFromCommittedOffset(t *testing.T) {
 			t.Errorf("partition %d: second run delivered %v, want %v", p, second[p], lay[p][prefix[p]:])
 		}
 	}
-	waitFor(t, "every offset committed", func() bool {
-		got := committed(t, addr, c.Group, topic, partitions)
-		for p := range partitions {
-			if got[p] != int64(len(lay[p])) {
-				return false
-			}
-		}
-		return true
-	})
+	waitCommittedToEnd(t, addr, c.Group, topic, partitions, lay)
 }
 
 // TestDeadLetterSinkUnreachableKeepsRetrying refuses an event for good while the dead-letter sink
@@ -791,14 +783,5 @@ func TestSecondMemberTakesOverPartitions(t *testing.T) {
 			highest[key] = max(highest[key], n)
 		}
 	}
-	lay := layout(t, addr, topic, partitions)
-	waitFor(t, "every offset committed", func() bool {
-		got := committed(t, addr, c.Group, topic, partitions)
-		for p := range partitions {
-			if got[p] != int64(len(lay[p])) {
-				return false
-			}
-		}
-		return true
-	})
+	waitCommittedToEnd(t, addr, c.Group, topic, partitions, layout(t, addr, topic, partitions))
 }

@@ -271,6 +271,21 @@ func committed(t *testing.T, addr, group, topic string, partitions int) map[int]
 	return out
 }
 
+// waitCommittedToEnd waits until group has committed each of the partitions of topic to its end in
+// lay (from layout).
+func waitCommittedToEnd(t *testing.T, addr, group, topic string, partitions int, lay map[int][]string) {
+	t.Helper()
+	waitFor(t, "every offset committed", func() bool {
+		got := committed(t, addr, group, topic, partitions)
+		for p := range partitions {
+			if got[p] != int64(len(lay[p])) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
 // layout reads every record of topic and returns the event ids of each partition in offset order.
 func layout(t *testing.T, addr, topic string, partitions int) map[int][]string {
 	t.Helper()
