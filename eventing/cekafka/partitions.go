@@ -115,6 +115,47 @@ func readRound(ctx context.Context, cfg PartitionsConfig, next map[int]int64, de
 	return context.Cause(roundCtx)
 }
 
+// PartitionExtent is where one partition's log starts (First) and ends (Last: the offset its next
+// record will get).
+type PartitionExtent struct {
+	Partition   int
+	First, Last int64
+}
+
+// Extents returns the extent of every partition of topic, for a reader that must know where it
+// starts or when it has caught up; the look-up is bounded by fetchLookupTimeoutMs.
+func Extents(ctx context.Context, brokers []string, topic string) ([]PartitionExtent, error) {
+	ctx, cancel := context.WithTimeout(ctx, fetchLookupTimeoutMs*time.Millisecond)
+	defer cancel()
+	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: fetchLookupTimeoutMs * time.Millisecond}
+	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+	if err != nil {
+		return nil, fmt.Errorf("metadata of %s: %w", topic, err)
+	}
+	if len(md.Topics) != 1 || md.Topics[0].Error != nil || len(md.Topics[0].Partitions) == 0 {
+		return nil, fmt.Errorf("metadata of %s: topic missing or without partitions", topic)
+	}
+	var reqs []kafka.OffsetRequest
+	for _, p := range md.Topics[0].Partitions {
+		reqs = append(reqs, kafka.FirstOffsetOf(p.ID), kafka.LastOffsetOf(p.ID))
+	}
+	offs, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
+	if err != nil {
+		return nil, fmt.Errorf("offsets of %s: %w", topic, err)
+	}
+	extents := make([]PartitionExtent, 0, len(md.Topics[0].Partitions))
+	for _, po := range offs.Topics[topic] {
+		if po.Error != nil {
+			return nil, fmt.Errorf("offsets of %s/%d: %w", topic, po.Partition, po.Error)
+		}
+		extents = append(extents, PartitionExtent{Partition: po.Partition, First: po.FirstOffset, Last: po.LastOffset})
+	}
+	if len(extents) != len(md.Topics[0].Partitions) {
+		return nil, fmt.Errorf("offsets of %s: %d of %d partitions", topic, len(extents), len(md.Topics[0].Partitions))
+	}
+	return extents, nil
+}
+
 // leadersOf groups the partitions of next by the broker that leads them.
 func leadersOf(ctx context.Context, client *kafka.Client, topic string, next map[int]int64) (map[int][]int, error) {
 	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})

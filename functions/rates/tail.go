@@ -3,7 +3,6 @@ package rates
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -21,7 +20,6 @@ const (
 	// tailLingerMs is the pause after a fetch that returned rates: at 1,000 rates/s arriving one a
 	// millisecond it fetches a few per round trip instead of one, for at most this much staleness.
 	tailLingerMs         = 2
-	discoverTimeoutMs    = 10_000
 	discoverBackoffMs    = 250
 	discoverBackoffMaxMs = 5_000
 )
@@ -94,34 +92,14 @@ func (t *tailer) discoverUntilDone(ctx context.Context) ([]partitionRange, error
 }
 
 func (t *tailer) discover(ctx context.Context) ([]partitionRange, error) {
-	ctx, cancel := context.WithTimeout(ctx, discoverTimeoutMs*time.Millisecond)
-	defer cancel()
-	client := &kafka.Client{Addr: kafka.TCP(t.cfg.Brokers...), Timeout: discoverTimeoutMs * time.Millisecond}
-	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{t.cfg.Topic}})
+	extents, err := cekafka.Extents(ctx, t.cfg.Brokers, t.cfg.Topic)
 	if err != nil {
-		return nil, fmt.Errorf("metadata of %s: %w", t.cfg.Topic, err)
+		return nil, err
 	}
-	if len(md.Topics) != 1 || md.Topics[0].Error != nil || len(md.Topics[0].Partitions) == 0 {
-		return nil, fmt.Errorf("metadata of %s: topic missing or without partitions", t.cfg.Topic)
-	}
-	var reqs []kafka.OffsetRequest
-	for _, p := range md.Topics[0].Partitions {
-		reqs = append(reqs, kafka.FirstOffsetOf(p.ID), kafka.LastOffsetOf(p.ID))
-	}
-	offs, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{t.cfg.Topic: reqs}})
-	if err != nil {
-		return nil, fmt.Errorf("offsets of %s: %w", t.cfg.Topic, err)
-	}
-	var ranges []partitionRange
-	for _, po := range offs.Topics[t.cfg.Topic] {
-		if po.Error != nil {
-			return nil, fmt.Errorf("offsets of %s/%d: %w", t.cfg.Topic, po.Partition, po.Error)
-		}
-		start := max(po.FirstOffset, po.LastOffset-int64(t.cfg.BackfillRecords))
-		ranges = append(ranges, partitionRange{partition: po.Partition, start: start, end: po.LastOffset})
-	}
-	if len(ranges) != len(md.Topics[0].Partitions) {
-		return nil, fmt.Errorf("offsets of %s: %d of %d partitions", t.cfg.Topic, len(ranges), len(md.Topics[0].Partitions))
+	ranges := make([]partitionRange, 0, len(extents))
+	for _, e := range extents {
+		start := max(e.First, e.Last-int64(t.cfg.BackfillRecords))
+		ranges = append(ranges, partitionRange{partition: e.Partition, start: start, end: e.Last})
 	}
 	return ranges, nil
 }

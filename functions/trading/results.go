@@ -2,8 +2,6 @@ package trading
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,7 +16,6 @@ import (
 // Limits of the result tail. A result arrives as soon as it is written whatever the reader's MaxWait
 // (see eventing/cekafka), so the wait is long enough never to time out on a busy machine.
 const (
-	tailDialTimeoutMs   = 5_000
 	tailRetryMs         = 1_000
 	tailReaderMaxWaitMs = 500
 )
@@ -98,34 +95,13 @@ func (t *resultTail) run(ctx context.Context) error {
 
 // position returns each partition's current end offset.
 func (t *resultTail) position(ctx context.Context) (map[int]int64, error) {
-	ctx, cancel := context.WithTimeout(ctx, tailDialTimeoutMs*time.Millisecond)
-	defer cancel()
-	topic := eventing.TopicOrderResults
-	client := &kafka.Client{Addr: kafka.TCP(t.brokers...), Timeout: tailDialTimeoutMs * time.Millisecond}
-	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+	extents, err := cekafka.Extents(ctx, t.brokers, eventing.TopicOrderResults)
 	if err != nil {
-		return nil, fmt.Errorf("metadata of %s: %w", topic, err)
+		return nil, err
 	}
-	if len(md.Topics) != 1 || md.Topics[0].Error != nil || len(md.Topics[0].Partitions) == 0 {
-		return nil, errors.New("topic " + topic + " is missing or has no partitions")
-	}
-	var reqs []kafka.OffsetRequest
-	for _, p := range md.Topics[0].Partitions {
-		reqs = append(reqs, kafka.LastOffsetOf(p.ID))
-	}
-	offs, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
-	if err != nil {
-		return nil, fmt.Errorf("offsets of %s: %w", topic, err)
-	}
-	from := map[int]int64{}
-	for _, po := range offs.Topics[topic] {
-		if po.Error != nil {
-			return nil, fmt.Errorf("offsets of %s/%d: %w", topic, po.Partition, po.Error)
-		}
-		from[po.Partition] = po.LastOffset
-	}
-	if len(from) != len(md.Topics[0].Partitions) {
-		return nil, fmt.Errorf("offsets of %s: %d of %d partitions", topic, len(from), len(md.Topics[0].Partitions))
+	from := make(map[int]int64, len(extents))
+	for _, e := range extents {
+		from[e.Partition] = e.Last
 	}
 	return from, nil
 }
