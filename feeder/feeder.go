@@ -415,7 +415,7 @@ func (f *Feeder) checkBroker(ctx context.Context) error {
 	defer cancel()
 	md, err := f.warm.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{f.cfg.Topic}})
 	if err == nil {
-		_, err = topicPartitions(md, f.cfg.Topic)
+		_, err = topicLeaders(md, f.cfg.Topic)
 	}
 	up := err == nil
 	f.ready.Store(up)

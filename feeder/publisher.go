@@ -12,18 +12,22 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/protocol"
+	produceapi "github.com/segmentio/kafka-go/protocol/produce"
 	"go.uber.org/zap"
 
 	"github.com/kawase-fx/kawase/eventing"
 	"github.com/kawase-fx/kawase/eventing/fx"
 )
 
-// Publishing limits. A term's quotes queue in order; the publisher takes whatever is queued as one
-// batch, produces it to every partition concurrently, and starts the next batch only when the broker
-// acknowledged the whole previous one, so order per pair (one pair, one partition) always holds.
+// Publishing limits. A term's quotes queue in order; the publisher takes what arrives within a short
+// linger as one batch, produces it with one request per partition leader, and starts the next batch
+// only when the broker acknowledged the whole previous one, so order per pair (one pair, one
+// partition) always holds.
 const (
 	publishQueueRatesMax = 16_384
 	publishBatchRatesMax = 2_048
+	publishLingerMs      = 2
 	publishAttemptsMax   = 3
 	publishRetryDelayMs  = 50
 	produceTimeoutMs     = 2_000
@@ -63,6 +67,8 @@ type publisher struct {
 	transport   *kafka.Transport
 	client      *kafka.Client
 	partitionOf map[fx.Pair]int
+	// leaderOf is the broker that leads each partition; only publish's goroutine reads or replaces it.
+	leaderOf map[int]int
 	in          chan *pending
 	metrics     *Metrics
 	published   map[fx.Pair]prometheus.Counter
@@ -95,23 +101,44 @@ func newPublisher(ctx context.Context, cfg *Config, lease *Lease, m *Metrics) (*
 }
 
 // prime fetches the topic's partitions over the fenced connections, so the first rate of the term
-// does not wait for a dial and a metadata round trip.
+// does not wait for a dial and a metadata round trip. A pair keeps its partition for the whole term.
 func (p *publisher) prime(ctx context.Context, pairs []fx.Pair) error {
+	leaders, err := p.lookUpLeaders(ctx)
+	if err != nil {
+		return err
+	}
+	partitions := make([]int, 0, len(leaders))
+	for part := range leaders {
+		partitions = append(partitions, part)
+	}
+	slices.Sort(partitions)
+	p.partitionOf, p.leaderOf = partitionsByPair(pairs, partitions), leaders
+	return nil
+}
+
+// refreshLeaders looks up the partitions' leaders again after a failed produce, so the next attempt
+// goes where the partitions are now; a failed look-up keeps the old map for that attempt.
+func (p *publisher) refreshLeaders(ctx context.Context) {
+	leaders, err := p.lookUpLeaders(ctx)
+	if err != nil {
+		p.log.Warn("kafka metadata refresh failed", zap.String("topic", p.topic), zap.Error(err))
+		return
+	}
+	p.leaderOf = leaders
+}
+
+// lookUpLeaders returns the broker that leads each partition of the topic.
+func (p *publisher) lookUpLeaders(ctx context.Context) (map[int]int, error) {
 	ctx, cancel := context.WithTimeout(ctx, metadataTimeoutMs*time.Millisecond)
 	defer cancel()
 	md, err := p.client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{p.topic}})
 	if err != nil {
-		return fmt.Errorf("kafka metadata: %w", err)
+		return nil, fmt.Errorf("kafka metadata: %w", err)
 	}
-	partitions, err := topicPartitions(md, p.topic)
-	if err != nil {
-		return err
-	}
-	p.partitionOf = partitionsByPair(pairs, partitions)
-	return nil
+	return topicLeaders(md, p.topic)
 }
 
-func topicPartitions(md *kafka.MetadataResponse, topic string) ([]int, error) {
+func topicLeaders(md *kafka.MetadataResponse, topic string) (map[int]int, error) {
 	for _, t := range md.Topics {
 		if t.Name != topic {
 			continue
@@ -119,14 +146,14 @@ func topicPartitions(md *kafka.MetadataResponse, topic string) ([]int, error) {
 		if t.Error != nil {
 			return nil, fmt.Errorf("kafka topic %s: %w", topic, t.Error)
 		}
-		ids := make([]int, 0, len(t.Partitions))
+		if len(t.Partitions) == 0 {
+			break
+		}
+		leaders := make(map[int]int, len(t.Partitions))
 		for _, part := range t.Partitions {
-			ids = append(ids, part.ID)
+			leaders[part.ID] = part.Leader.ID
 		}
-		slices.Sort(ids)
-		if len(ids) > 0 {
-			return ids, nil
-		}
+		return leaders, nil
 	}
 	return nil, fmt.Errorf("kafka topic %s does not exist", topic)
 }
@@ -157,6 +184,8 @@ func (p *publisher) enqueue(ctx context.Context, q *pending) bool {
 // bounded retries: then the term must end.
 func (p *publisher) run(ctx context.Context) error {
 	batch := make([]*pending, 0, publishBatchRatesMax)
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -165,12 +194,29 @@ func (p *publisher) run(ctx context.Context) error {
 		case q := <-p.in:
 			batch = append(batch[:0], q)
 		}
-		batch = p.drain(batch)
+		batch = p.gather(batch, linger)
 		if err := p.publish(ctx, batch); err != nil {
 			p.dropQueued("publish_failed")
 			return err
 		}
 	}
+}
+
+// gather adds to the batch what arrives within publishLingerMs of its first rate (the provider spreads
+// its quotes over the cycle, so without the wait nearly every request would carry one rate), then
+// whatever else is queued, up to publishBatchRatesMax.
+func (p *publisher) gather(batch []*pending, linger *time.Timer) []*pending {
+	linger.Reset(publishLingerMs * time.Millisecond)
+	defer linger.Stop()
+	for len(batch) < publishBatchRatesMax {
+		select {
+		case q := <-p.in:
+			batch = append(batch, q)
+		case <-linger.C:
+			return p.drain(batch)
+		}
+	}
+	return batch
 }
 
 func (p *publisher) drain(batch []*pending) []*pending {
@@ -200,8 +246,8 @@ func (p *publisher) dropQueued(reason string) {
 	}
 }
 
-// publish encodes one batch and produces it, every partition concurrently, each retried a bounded
-// number of times.
+// publish encodes one batch and produces it: one produce request per partition leader carries every
+// partition's records, and partitions the broker refused are retried a bounded number of times.
 func (p *publisher) publish(ctx context.Context, batch []*pending) error {
 	if !p.lease.Held() {
 		p.metrics.Dropped.WithLabelValues("fenced").Add(float64(len(batch)))
@@ -209,7 +255,7 @@ func (p *publisher) publish(ctx context.Context, batch []*pending) error {
 			zap.Int("dropped", len(batch)))
 		return errFenced
 	}
-	byPartition := map[int][]*pending{}
+	remaining := map[int][]*pending{}
 	for _, q := range batch {
 		m, err := p.enc.encode(&q.rate, time.Now())
 		if err != nil {
@@ -217,25 +263,8 @@ func (p *publisher) publish(ctx context.Context, batch []*pending) error {
 		}
 		q.msg = m
 		part := p.partitionOf[q.pair]
-		byPartition[part] = append(byPartition[part], q)
+		remaining[part] = append(remaining[part], q)
 	}
-	errs := make([]error, 0, len(byPartition))
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for part, qs := range byPartition {
-		wg.Go(func() {
-			if err := p.produceWithRetry(ctx, part, qs); err != nil {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	return errors.Join(errs...)
-}
-
-func (p *publisher) produceWithRetry(ctx context.Context, part int, qs []*pending) error {
 	var err error
 	for attempt := range publishAttemptsMax {
 		if attempt > 0 && !sleepCtx(ctx, time.Duration(attempt)*publishRetryDelayMs*time.Millisecond) {
@@ -245,15 +274,25 @@ func (p *publisher) produceWithRetry(ctx context.Context, part int, qs []*pendin
 			err = errFenced
 			break
 		}
-		if err = p.produce(ctx, part, qs); err == nil {
+		if remaining, err = p.produceAll(ctx, remaining); len(remaining) == 0 {
 			return nil
 		}
 		if ctx.Err() != nil {
 			break
 		}
 		p.metrics.PublishErrors.Inc()
-		p.log.Warn("kafka produce failed", zap.String("topic", p.topic), zap.Int("partition", part),
-			zap.Int("records", len(qs)), zap.Int("attempt", attempt+1), zap.Error(err))
+		p.log.Warn("kafka produce failed", zap.String("topic", p.topic), zap.Int("partitions", len(remaining)),
+			zap.Int("attempt", attempt+1), zap.Error(err))
+		p.refreshLeaders(ctx)
+	}
+	return p.dropUnpublished(ctx, remaining, err)
+}
+
+// dropUnpublished counts the rates of a batch that could not be published and says why.
+func (p *publisher) dropUnpublished(ctx context.Context, remaining map[int][]*pending, err error) error {
+	n := 0
+	for _, qs := range remaining {
+		n += len(qs)
 	}
 	reason := "publish_failed"
 	switch {
@@ -262,31 +301,97 @@ func (p *publisher) produceWithRetry(ctx context.Context, part int, qs []*pendin
 	case errors.Is(err, errFenced):
 		reason = "fenced"
 	}
-	p.metrics.Dropped.WithLabelValues(reason).Add(float64(len(qs)))
-	return fmt.Errorf("publish %d rate(s) to %s[%d]: %w", len(qs), p.topic, part, err)
+	p.metrics.Dropped.WithLabelValues(reason).Add(float64(n))
+	return fmt.Errorf("publish %d rate(s) to %d partition(s) of %s: %w", n, len(remaining), p.topic, err)
 }
 
-func (p *publisher) produce(ctx context.Context, part int, qs []*pending) error {
+// produceAll sends one produce request to each leader of the batch's partitions, concurrently, and
+// returns the partitions whose records were not acknowledged, with the errors.
+func (p *publisher) produceAll(ctx context.Context, byPartition map[int][]*pending) (map[int][]*pending, error) {
+	byLeader := map[int]map[int][]*pending{}
+	for part, qs := range byPartition {
+		leader := p.leaderOf[part]
+		if byLeader[leader] == nil {
+			byLeader[leader] = map[int][]*pending{}
+		}
+		byLeader[leader][part] = qs
+	}
+	failed := map[int][]*pending{}
+	var errs []error
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, parts := range byLeader {
+		wg.Go(func() {
+			refused := p.produce(ctx, parts)
+			mu.Lock()
+			defer mu.Unlock()
+			for part, err := range refused {
+				failed[part] = parts[part]
+				errs = append(errs, fmt.Errorf("partition %d: %w", part, err))
+			}
+		})
+	}
+	wg.Wait()
+	return failed, errors.Join(errs...)
+}
+
+// produce sends the records of partitions that share a leader in one request, and returns the error
+// of each partition that was not acknowledged.
+func (p *publisher) produce(ctx context.Context, parts map[int][]*pending) map[int]error {
+	ctx, cancel := context.WithTimeout(ctx, produceTimeoutMs*time.Millisecond)
+	defer cancel()
+	req := &produceapi.Request{Acks: int16(kafka.RequireAll), Timeout: produceTimeoutMs,
+		Topics: []produceapi.RequestTopic{{Topic: p.topic, Partitions: make([]produceapi.RequestPartition, 0, len(parts))}}}
+	now := time.Now()
+	for part, qs := range parts {
+		req.Topics[0].Partitions = append(req.Topics[0].Partitions,
+			produceapi.RequestPartition{Partition: int32(part), RecordSet: protocol.RecordSet{Records: recordsOf(qs, now)}})
+	}
+	m, err := p.transport.RoundTrip(ctx, p.client.Addr, req)
+	refused := make(map[int]error, len(parts))
+	if err != nil {
+		for part := range parts {
+			refused[part] = err
+		}
+		return refused
+	}
+	acked := make(map[int]bool, len(parts))
+	for _, t := range m.(*produceapi.Response).Topics {
+		for _, rp := range t.Partitions {
+			part := int(rp.Partition)
+			if _, sent := parts[part]; !sent || t.Topic != p.topic {
+				continue
+			}
+			if rp.ErrorCode != 0 {
+				refused[part] = kafka.Error(rp.ErrorCode)
+				continue
+			}
+			acked[part] = true
+		}
+	}
+	at := time.Now()
+	for part, qs := range parts {
+		switch {
+		case acked[part]:
+			p.acked(qs, at)
+		case refused[part] == nil:
+			refused[part] = errors.New("no answer for the partition")
+		}
+	}
+	return refused
+}
+
+// recordsOf lends kafka-go a partition's records without copying their bytes.
+func recordsOf(qs []*pending, now time.Time) protocol.RecordReader {
 	records := make([]kafka.Record, len(qs))
 	readers := make([]recordBytes, 2*len(qs))
-	now := time.Now()
 	for i, q := range qs {
 		key, value := &readers[2*i], &readers[2*i+1]
 		key.Reset(q.msg.Key)
 		value.Reset(q.msg.Value)
 		records[i] = kafka.Record{Time: now, Key: key, Value: value, Headers: q.msg.Headers}
 	}
-	resp, err := p.client.Produce(ctx, &kafka.ProduceRequest{
-		Topic: p.topic, Partition: part, RequiredAcks: kafka.RequireAll, Records: kafka.NewRecordReader(records...),
-	})
-	if err == nil && resp.Error != nil {
-		err = resp.Error
-	}
-	if err != nil {
-		return err
-	}
-	p.acked(qs, time.Now())
-	return nil
+	return kafka.NewRecordReader(records...)
 }
 
 // recordBytes is a record's key or value for kafka-go, allocated a batch at a time (kafka.NewBytes
