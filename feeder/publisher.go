@@ -68,12 +68,12 @@ type publisher struct {
 	client      *kafka.Client
 	partitionOf map[fx.Pair]int
 	// leaderOf is the broker that leads each partition; only publish's goroutine reads or replaces it.
-	leaderOf map[int]int
-	in          chan *pending
-	metrics     *Metrics
-	published   map[fx.Pair]prometheus.Counter
-	observe     func(Published)
-	log         *zap.Logger
+	leaderOf  map[int]int
+	in        chan *pending
+	metrics   *Metrics
+	published map[fx.Pair]prometheus.Counter
+	observe   func(Published)
+	log       *zap.Logger
 }
 
 func newPublisher(ctx context.Context, cfg *Config, lease *Lease, m *Metrics) (*publisher, error) {
