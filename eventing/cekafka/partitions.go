@@ -32,6 +32,11 @@ const (
 	// fetchEmptyPauseMs is the pause after a fetch that the broker answered early without a record
 	// to deliver.
 	fetchEmptyPauseMs = 10
+	// fetchPausedPollMs is how often a fetch loop whose partitions are all paused looks again, and
+	// fetchPausedWaitMs how long the broker may hold a fetch while some are paused, so that a partition
+	// that resumes is fetched again soon.
+	fetchPausedPollMs = 10
+	fetchPausedWaitMs = 50
 )
 
 // PartitionsConfig says which topic ReadPartitions reads and how it reports trouble.
@@ -45,13 +50,18 @@ type PartitionsConfig struct {
 	// costs 1,000 round trips a second without it and at most 1/Linger with it, for up to Linger of
 	// added delay. 0 fetches again at once.
 	Linger time.Duration
+	// Paused, when set, is asked before each fetch: a partition it reports paused (its consumer has
+	// enough records waiting) is left out of the fetch, so one slow partition neither stops the others
+	// nor has records piled up for it without bound.
+	Paused func(partition int) bool
 	// OnError hears each failed fetch or look-up, which is retried after fetchRetryDelayMs.
 	OnError func(error)
 }
 
 // ReadPartitions reads the partitions in from, each from its offset (or kafka.FirstOffset /
 // kafka.LastOffset), until ctx ends. Each partition's records are handed to deliver in offset order,
-// one fetched batch at a time; deliver may block, which holds back the next fetch. Partitions with
+// one fetched batch at a time; deliver may block, which holds back the next fetch (cfg.Paused holds
+// back single partitions instead). Partitions with
 // different leaders are fetched concurrently, so deliver must be safe to call from several goroutines
 // (never for the same partition at once).
 //
@@ -227,8 +237,20 @@ type leaderFetch struct {
 func (f *leaderFetch) loop(fetchCtx, ctx context.Context, deliver func(context.Context, []kafka.Message)) error {
 	partitions := slices.Sorted(maps.Keys(f.next))
 	for fetchCtx.Err() == nil {
+		active := f.unpaused(partitions)
+		if len(active) == 0 {
+			select {
+			case <-fetchCtx.Done():
+			case <-time.After(fetchPausedPollMs * time.Millisecond):
+			}
+			continue
+		}
+		wait := f.cfg.MaxWait
+		if len(active) < len(partitions) {
+			wait = min(wait, fetchPausedWaitMs*time.Millisecond)
+		}
 		started := time.Now()
-		res, err := f.fetch(fetchCtx, partitions)
+		res, err := f.fetch(fetchCtx, active, wait)
 		if err != nil {
 			if fetchCtx.Err() != nil {
 				return nil
@@ -243,7 +265,7 @@ func (f *leaderFetch) loop(fetchCtx, ctx context.Context, deliver func(context.C
 		switch {
 		case delivered:
 			pause = f.cfg.Linger
-		case time.Since(started) < f.cfg.MaxWait/2:
+		case time.Since(started) < wait/2:
 			// Answered early with nothing new (a batch of only control records, say): without a
 			// pause the loop would spin.
 			pause = fetchEmptyPauseMs * time.Millisecond
@@ -263,11 +285,26 @@ func (f *leaderFetch) loop(fetchCtx, ctx context.Context, deliver func(context.C
 	return nil
 }
 
-// fetch sends one fetch for partitions from their next offsets.
-func (f *leaderFetch) fetch(ctx context.Context, partitions []int) (*fetchapi.Response, error) {
+// unpaused returns the partitions to fetch now, in the loop's order.
+func (f *leaderFetch) unpaused(partitions []int) []int {
+	if f.cfg.Paused == nil {
+		return partitions
+	}
+	active := make([]int, 0, len(partitions))
+	for _, p := range partitions {
+		if !f.cfg.Paused(p) {
+			active = append(active, p)
+		}
+	}
+	return active
+}
+
+// fetch sends one fetch for partitions from their next offsets, which the broker holds at most wait
+// when there is nothing new.
+func (f *leaderFetch) fetch(ctx context.Context, partitions []int, wait time.Duration) (*fetchapi.Response, error) {
 	req := &fetchapi.Request{
 		ReplicaID:    -1,
-		MaxWaitTime:  int32(f.cfg.MaxWait / time.Millisecond),
+		MaxWaitTime:  int32(wait / time.Millisecond),
 		MinBytes:     1,
 		MaxBytes:     readerMaxBytes,
 		SessionID:    -1,
@@ -280,7 +317,7 @@ func (f *leaderFetch) fetch(ctx context.Context, partitions []int) (*fetchapi.Re
 			PartitionMaxBytes: fetchPartitionBytesMax,
 		})
 	}
-	fctx, cancel := context.WithTimeout(ctx, f.cfg.MaxWait+fetchDeadlineSlackMs*time.Millisecond)
+	fctx, cancel := context.WithTimeout(ctx, wait+fetchDeadlineSlackMs*time.Millisecond)
 	defer cancel()
 	m, err := f.client.Transport.RoundTrip(fctx, f.client.Addr, req)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -231,5 +232,68 @@ func TestReadPartitionsStopsWhileDeliveryBlocks(t *testing.T) {
 	case <-done:
 	case <-time.After(10 * time.Second):
 		t.Fatal("ReadPartitions did not return after its context ended")
+	}
+}
+
+// TestReadPartitionsLeavesPausedPartitionsOut: a partition reported paused gets nothing, while the
+// others go on being fetched; once it resumes it is read from where it stopped.
+func TestReadPartitionsLeavesPausedPartitionsOut(t *testing.T) {
+	const topic = "t.paused"
+	addr := startBroker(t, "", eventing.Topic{Name: topic, Partitions: 2})
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	w := cekafka.NewWriter([]string{addr}, topic)
+	defer w.Close()
+	publish := func(from, to int) map[int]int64 {
+		for n := from; n < to; n++ {
+			for _, k := range []string{"a", "b", "c", "d", "e", "f"} {
+				if err := cekafka.Publish(ctx, w, event(t, k, n)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		extents, err := cekafka.Extents(ctx, []string{addr}, topic)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ends := map[int]int64{}
+		for _, e := range extents {
+			ends[e.Partition] = e.Last
+		}
+		return ends
+	}
+	ends := publish(0, 10)
+	if ends[0] == 0 || ends[1] == 0 {
+		t.Fatalf("the keys left a partition empty: %v", ends)
+	}
+	var paused atomic.Bool
+	paused.Store(true)
+	log := &partitionLog{records: map[int][]kafka.Message{}}
+	count := func(p int) int64 {
+		log.mu.Lock()
+		defer log.mu.Unlock()
+		return int64(len(log.records[p]))
+	}
+	stop := startReading(ctx, cekafka.PartitionsConfig{Brokers: []string{addr}, Topic: topic, OnError: log.onError,
+		Paused: func(p int) bool { return p == 0 && paused.Load() }},
+		map[int]int64{0: kafka.FirstOffset, 1: kafka.FirstOffset}, log.deliver)
+	defer stop()
+	waitFor(t, "partition 1's records", func() bool { return count(1) == ends[1] })
+	ends = publish(10, 20)
+	waitFor(t, "partition 1's records written later", func() bool { return count(1) == ends[1] })
+	if n := count(0); n != 0 {
+		t.Fatalf("the paused partition was handed %d records", n)
+	}
+	paused.Store(false)
+	waitFor(t, "partition 0's records after it resumed", func() bool { return count(0) == ends[0] })
+	log.mu.Lock()
+	defer log.mu.Unlock()
+	for i, m := range log.records[0] {
+		if m.Offset != int64(i) {
+			t.Fatalf("partition 0: record %d has offset %d", i, m.Offset)
+		}
+	}
+	if len(log.errs) > 0 {
+		t.Errorf("errors while reading: %v", log.errs)
 	}
 }

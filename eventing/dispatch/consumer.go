@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -19,9 +20,9 @@ const (
 	// unorderedInFlightCountMax bounds the deliveries one unordered consumer has in flight.
 	unorderedInFlightCountMax = 64
 	// partitionQueueRecordsMax bounds the records fetched ahead for one partition of an ordered
-	// consumer. The fetch loop does not pause one partition as Knative's consumer does, so once a
-	// partition blocked in retries has this many records waiting, fetching waits for it and the other
-	// partitions the same broker leads idle too.
+	// consumer: with this many waiting (a partition blocked in retries, say) the partition is left out
+	// of fetches until it catches up, as Knative's consumer pauses it, and the other partitions go on.
+	// A fetch adds at most 1 MiB of records to a partition's queue, so it never holds much more.
 	partitionQueueRecordsMax = 512
 	// commitIntervalMs is how often the offsets of finished records are committed, as Knative's
 	// dispatcher commits periodically rather than per record; a stop commits at once. After a crash
@@ -105,17 +106,18 @@ func (c *consumer) consume(ctx, genCtx context.Context, gen *kafka.Generation) {
 	flushed := make(chan struct{})
 	go func() { defer close(flushed); c.commitPeriodically(runCtx, cancel, gen, k) }()
 	var wg sync.WaitGroup
+	cfg := cekafka.PartitionsConfig{Brokers: c.brokers, Topic: c.spec.Topic, Linger: c.spec.FetchLinger,
+		OnError: func(err error) {
+			c.m.consumerErrors.WithLabelValues(c.id, "fetch").Inc()
+			c.log.Warnw("fetch failed; retrying", "topic", c.spec.Topic, "error", err)
+		}}
 	var deliver func(context.Context, []kafka.Message)
 	if c.spec.Ordering == Unordered {
 		deliver = c.unorderedDelivery(runCtx, k, from, &wg)
 	} else {
-		deliver = c.orderedDelivery(runCtx, k, from, &wg)
+		deliver, cfg.Paused = c.orderedDelivery(runCtx, k, from, &wg)
 	}
-	cekafka.ReadPartitions(runCtx, cekafka.PartitionsConfig{Brokers: c.brokers, Topic: c.spec.Topic, Linger: c.spec.FetchLinger,
-		OnError: func(err error) {
-			c.m.consumerErrors.WithLabelValues(c.id, "fetch").Inc()
-			c.log.Warnw("fetch failed; retrying", "topic", c.spec.Topic, "error", err)
-		}}, from, deliver)
+	cekafka.ReadPartitions(runCtx, cfg, from, deliver)
 	<-runCtx.Done()
 	wg.Wait()
 	<-flushed
@@ -130,38 +132,71 @@ func (c *consumer) consume(ctx, genCtx context.Context, gen *kafka.Generation) {
 }
 
 // orderedDelivery starts a goroutine per partition that delivers the partition's records one at a
-// time, in order, and returns the fetch loop's hand-off to them.
-func (c *consumer) orderedDelivery(ctx context.Context, k *committer, partitions map[int]int64, wg *sync.WaitGroup) func(context.Context, []kafka.Message) {
-	queues := make(map[int]chan kafka.Message, len(partitions))
+// time, in order, and returns the fetch loop's hand-off to them (which never blocks) and which
+// partitions to leave out of fetches for now.
+func (c *consumer) orderedDelivery(ctx context.Context, k *committer, partitions map[int]int64, wg *sync.WaitGroup) (deliver func(context.Context, []kafka.Message), paused func(int) bool) {
+	queues := make(map[int]*partitionQueue, len(partitions))
 	for p := range partitions {
-		q := make(chan kafka.Message, partitionQueueRecordsMax)
+		q := &partitionQueue{ready: make(chan struct{}, 1)}
 		queues[p] = q
 		wg.Go(func() { c.drainPartition(ctx, k, q) })
 	}
-	return func(ctx context.Context, batch []kafka.Message) {
-		q := queues[batch[0].Partition]
-		for _, m := range batch {
-			select {
-			case q <- m:
-			case <-ctx.Done():
-				return
-			}
+	deliver = func(_ context.Context, batch []kafka.Message) { queues[batch[0].Partition].push(batch) }
+	paused = func(p int) bool { return queues[p].held.Load() >= partitionQueueRecordsMax }
+	return deliver, paused
+}
+
+// partitionQueue holds one partition's fetched records until its delivery goroutine takes them.
+type partitionQueue struct {
+	mu      sync.Mutex
+	records []kafka.Message
+	ready   chan struct{} // signalled when records were added
+	// held counts the records handed over and not yet finished, taken ones included.
+	held atomic.Int64
+}
+
+func (q *partitionQueue) push(batch []kafka.Message) {
+	q.held.Add(int64(len(batch)))
+	q.mu.Lock()
+	q.records = append(q.records, batch...)
+	q.mu.Unlock()
+	select {
+	case q.ready <- struct{}{}:
+	default:
+	}
+}
+
+// take waits for records and returns all of them; ok is false once ctx ended.
+func (q *partitionQueue) take(ctx context.Context) (records []kafka.Message, ok bool) {
+	for {
+		q.mu.Lock()
+		records, q.records = q.records, nil
+		q.mu.Unlock()
+		if len(records) > 0 {
+			return records, true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, false
+		case <-q.ready:
 		}
 	}
 }
 
 // drainPartition delivers one partition's records in order, one at a time, and marks each finished
 // one for the next commit.
-func (c *consumer) drainPartition(ctx context.Context, k *committer, q <-chan kafka.Message) {
+func (c *consumer) drainPartition(ctx context.Context, k *committer, q *partitionQueue) {
 	for {
-		select {
-		case <-ctx.Done():
+		records, ok := q.take(ctx)
+		if !ok {
 			return
-		case m := <-q:
-			if c.process(ctx, m) == outcomeAbandoned {
+		}
+		for _, m := range records {
+			if ctx.Err() != nil || c.process(ctx, m) == outcomeAbandoned {
 				return
 			}
 			k.mark(m.Partition, m.Offset)
+			q.held.Add(-1)
 		}
 	}
 }

@@ -192,6 +192,65 @@ func TestBlockedPartitionDoesNotStopOthers(t *testing.T) {
 	}
 }
 
+// TestFullPartitionQueueDoesNotStopOthers: a blocked partition with more records than an ordered
+// consumer queues ahead is left out of fetches, so records published to the other partitions after
+// it filled up are still fetched and delivered around the block.
+func TestFullPartitionQueueDoesNotStopOthers(t *testing.T) {
+	const topic, partitions, flood = "t.flood", 3, 2 * partitionQueueRecordsMax
+	addr := startBroker(t, eventing.Topic{Name: topic, Partitions: partitions})
+	var events []cloudevents.Event
+	for n := range flood {
+		events = append(events, testEvent(t, "acct-0", n))
+	}
+	publish(t, addr, topic, events...)
+	blockedPartition := -1
+	for p, ids := range layout(t, addr, topic, partitions) {
+		if len(ids) > 0 {
+			blockedPartition = p
+		}
+	}
+	blocked := "acct-0-0"
+	var others, othersTotal atomic.Int64
+	othersTotal.Store(-1) // known once the others are published
+	var blockedAccepted, blockedRefused, orderBroken atomic.Bool
+	sub := newRecorder(t, func(_ http.ResponseWriter, _ *http.Request, e event.Event, _ int) (int, string) {
+		switch {
+		case e.ID() == blocked && others.Load() != othersTotal.Load():
+			blockedRefused.Store(true)
+			return http.StatusServiceUnavailable, ""
+		case e.ID() == blocked:
+			blockedAccepted.Store(true)
+		case ext(e, ExtKafkaPartition) == fmt.Sprint(blockedPartition):
+			if !blockedAccepted.Load() {
+				orderBroken.Store(true)
+			}
+		default:
+			others.Add(1)
+		}
+		return http.StatusOK, ""
+	})
+	d := Delivery{Retry: 10_000, BackoffPolicy: BackoffLinear, BackoffDelay: time.Millisecond, Timeout: 10 * time.Second}
+	startDispatcher(t, Config{Brokers: []string{addr}}, Topology{Consumers: []Consumer{source("flood", topic, sub.url(), d)}}, nil)
+	waitFor(t, "the blocked event refused", blockedRefused.Load)
+	time.Sleep(100 * time.Millisecond) // the fetch loop has handed over the flood by now
+	var later []cloudevents.Event
+	for n := range 5 {
+		for k := 1; k < 12; k++ {
+			later = append(later, testEvent(t, fmt.Sprintf("acct-%d", k), n))
+		}
+	}
+	publish(t, addr, topic, later...)
+	lay := layout(t, addr, topic, partitions)
+	othersTotal.Store(int64(len(events) + len(later) - len(lay[blockedPartition])))
+	if othersTotal.Load() == 0 {
+		t.Fatal("every key landed in the blocked partition; the test needs others")
+	}
+	waitFor(t, "every event delivered", func() bool { return len(sub.accepted()) == len(events)+len(later) })
+	if orderBroken.Load() {
+		t.Error("an event of the blocked partition overtook the blocked event")
+	}
+}
+
 // TestRetrySchedule records when each attempt arrives at a subscriber that always answers 503, with
 // the manifests' kind of durations scaled down by TimeScale, and checks the gaps against Knative's
 // schedule: backoffDelay × 2^k (exponential) or × k (linear) before retry k. Timers never fire early,
