@@ -31,10 +31,13 @@ const (
 	publishAttemptsMax   = 3
 	publishRetryDelayMs  = 50
 	produceTimeoutMs     = 2_000
-	dialTimeoutMs        = 2_000
-	transportIdleMs      = 60_000
-	metadataTimeoutMs    = 5_000
-	kafkaClientID        = "kawase-feeder"
+	// produceDeadlineSlackMs lets the broker answer a produce that timed out on its side before the
+	// client gives up on it, so a refusal is heard as one instead of as an unknown outcome.
+	produceDeadlineSlackMs = 1_000
+	dialTimeoutMs          = 2_000
+	transportIdleMs        = 60_000
+	metadataTimeoutMs      = 5_000
+	kafkaClientID          = "kawase-feeder"
 )
 
 // errFenced refuses a write to the broker once the term's lease is no longer held.
@@ -61,43 +64,50 @@ type Published struct {
 // write to the socket first checks that the lease is held, so even a batch that was already on its
 // way when the process froze is refused once the process wakes after its lease deadline.
 type publisher struct {
-	lease       *Lease
-	topic       string
-	enc         *rateEncoder
+	lease   *Lease
+	topic   string
+	enc     *rateEncoder
+	brokers []string
+	// transport and client are replaced after a failed produce; leaderOf is the broker that leads
+	// each partition as the transport sees it. Only publish's goroutine uses or replaces them.
 	transport   *kafka.Transport
 	client      *kafka.Client
+	leaderOf    map[int]int
 	partitionOf map[fx.Pair]int
-	// leaderOf is the broker that leads each partition; only publish's goroutine reads or replaces it.
-	leaderOf  map[int]int
-	in        chan *pending
-	metrics   *Metrics
-	published map[fx.Pair]prometheus.Counter
-	observe   func(Published)
-	log       *zap.Logger
+	in          chan *pending
+	metrics     *Metrics
+	published   map[fx.Pair]prometheus.Counter
+	observe     func(Published)
+	log         *zap.Logger
 }
 
 func newPublisher(ctx context.Context, cfg *Config, lease *Lease, m *Metrics) (*publisher, error) {
-	tr := &kafka.Transport{
-		Dial: fencedDialer(lease), DialTimeout: dialTimeoutMs * time.Millisecond, ClientID: kafkaClientID,
-		IdleTimeout: transportIdleMs * time.Millisecond, MetadataTopics: []string{cfg.Topic},
-	}
 	enc, err := newRateEncoder()
 	if err != nil {
 		return nil, fmt.Errorf("rate encoder: %w", err)
 	}
 	p := &publisher{
-		lease: lease, topic: cfg.Topic, enc: enc, transport: tr, metrics: m, observe: cfg.OnPublished, log: cfg.Logger,
-		client: &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Transport: tr, Timeout: produceTimeoutMs * time.Millisecond},
-		in:     make(chan *pending, publishQueueRatesMax), published: map[fx.Pair]prometheus.Counter{},
+		lease: lease, topic: cfg.Topic, brokers: cfg.Brokers, enc: enc, metrics: m, observe: cfg.OnPublished, log: cfg.Logger,
+		in: make(chan *pending, publishQueueRatesMax), published: map[fx.Pair]prometheus.Counter{},
 	}
+	p.connect()
 	for _, pair := range cfg.Pairs {
 		p.published[pair] = m.Published.WithLabelValues(string(pair))
 	}
 	if err := p.prime(ctx, cfg.Pairs); err != nil {
-		tr.CloseIdleConnections()
+		p.close()
 		return nil, err
 	}
 	return p, nil
+}
+
+// connect gives the publisher a fresh transport, whose connections are fenced by the lease.
+func (p *publisher) connect() {
+	p.transport = &kafka.Transport{
+		Dial: fencedDialer(p.lease), DialTimeout: dialTimeoutMs * time.Millisecond, ClientID: kafkaClientID,
+		IdleTimeout: transportIdleMs * time.Millisecond, MetadataTopics: []string{p.topic},
+	}
+	p.client = &kafka.Client{Addr: kafka.TCP(p.brokers...), Transport: p.transport, Timeout: metadataTimeoutMs * time.Millisecond}
 }
 
 // prime fetches the topic's partitions over the fenced connections, so the first rate of the term
@@ -116,18 +126,23 @@ func (p *publisher) prime(ctx context.Context, pairs []fx.Pair) error {
 	return nil
 }
 
-// refreshLeaders looks up the partitions' leaders again after a failed produce, so the next attempt
-// goes where the partitions are now; a failed look-up keeps the old map for that attempt.
-func (p *publisher) refreshLeaders(ctx context.Context) {
+// reconnect starts over with a fresh transport after a failed produce. kafka-go's transport routes by
+// metadata it caches and refreshes only every few seconds (its Metadata answers from that cache too),
+// so a fresh one is how the next attempt goes where the partitions are now. A failed look-up keeps the
+// old leaders; the attempt that follows then fails or succeeds on its own.
+func (p *publisher) reconnect(ctx context.Context) {
+	p.transport.CloseIdleConnections()
+	p.connect()
 	leaders, err := p.lookUpLeaders(ctx)
 	if err != nil {
-		p.log.Warn("kafka metadata refresh failed", zap.String("topic", p.topic), zap.Error(err))
+		p.log.Warn("kafka metadata look-up failed", zap.String("topic", p.topic), zap.Error(err))
 		return
 	}
 	p.leaderOf = leaders
 }
 
-// lookUpLeaders returns the broker that leads each partition of the topic.
+// lookUpLeaders returns the broker that leads each partition of the topic, as the transport sees it
+// (the transport routes each produce request by the same view).
 func (p *publisher) lookUpLeaders(ctx context.Context) (map[int]int, error) {
 	ctx, cancel := context.WithTimeout(ctx, metadataTimeoutMs*time.Millisecond)
 	defer cancel()
@@ -194,7 +209,11 @@ func (p *publisher) run(ctx context.Context) error {
 		case q := <-p.in:
 			batch = append(batch[:0], q)
 		}
-		batch = p.gather(batch, linger)
+		if time.Since(batch[0].receivedAt) < publishLingerMs*time.Millisecond {
+			batch = p.gather(batch, linger)
+		} else {
+			batch = p.drain(batch) // it waited behind the previous batch already
+		}
 		if err := p.publish(ctx, batch); err != nil {
 			p.dropQueued("publish_failed")
 			return err
@@ -274,6 +293,9 @@ func (p *publisher) publish(ctx context.Context, batch []*pending) error {
 			err = errFenced
 			break
 		}
+		if attempt > 0 {
+			p.reconnect(ctx)
+		}
 		if remaining, err = p.produceAll(ctx, remaining); len(remaining) == 0 {
 			return nil
 		}
@@ -283,7 +305,6 @@ func (p *publisher) publish(ctx context.Context, batch []*pending) error {
 		p.metrics.PublishErrors.Inc()
 		p.log.Warn("kafka produce failed", zap.String("topic", p.topic), zap.Int("partitions", len(remaining)),
 			zap.Int("attempt", attempt+1), zap.Error(err))
-		p.refreshLeaders(ctx)
 	}
 	return p.dropUnpublished(ctx, remaining, err)
 }
@@ -338,7 +359,7 @@ func (p *publisher) produceAll(ctx context.Context, byPartition map[int][]*pendi
 // produce sends the records of partitions that share a leader in one request, and returns the error
 // of each partition that was not acknowledged.
 func (p *publisher) produce(ctx context.Context, parts map[int][]*pending) map[int]error {
-	ctx, cancel := context.WithTimeout(ctx, produceTimeoutMs*time.Millisecond)
+	ctx, cancel := context.WithTimeout(ctx, (produceTimeoutMs+produceDeadlineSlackMs)*time.Millisecond)
 	defer cancel()
 	req := &produceapi.Request{Acks: int16(kafka.RequireAll), Timeout: produceTimeoutMs,
 		Topics: []produceapi.RequestTopic{{Topic: p.topic, Partitions: make([]produceapi.RequestPartition, 0, len(parts))}}}
@@ -359,14 +380,17 @@ func (p *publisher) produce(ctx context.Context, parts map[int][]*pending) map[i
 	for _, t := range m.(*produceapi.Response).Topics {
 		for _, rp := range t.Partitions {
 			part := int(rp.Partition)
-			if _, sent := parts[part]; !sent || t.Topic != p.topic {
-				continue
+			if _, sent := parts[part]; !sent || t.Topic != p.topic || acked[part] || refused[part] != nil {
+				continue // not asked for, or answered already
 			}
-			if rp.ErrorCode != 0 {
+			switch {
+			case rp.ErrorCode == 0:
+				acked[part] = true
+			case rp.ErrorMessage != "":
+				refused[part] = fmt.Errorf("%w: %s", kafka.Error(rp.ErrorCode), rp.ErrorMessage)
+			default:
 				refused[part] = kafka.Error(rp.ErrorCode)
-				continue
 			}
-			acked[part] = true
 		}
 	}
 	at := time.Now()

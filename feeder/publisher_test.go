@@ -62,36 +62,122 @@ func TestFencedConnRefusesAfterDeadline(t *testing.T) {
 	}
 }
 
+// publisherTest is a publisher of a few pairs to a kfake cluster of its own.
+type publisherTest struct {
+	cluster *kfake.Cluster
+	addr    string
+	pairs   []fx.Pair
+	reg     *prometheus.Registry
+	pub     *publisher
+}
+
+func newPublisherTest(t *testing.T, ctx context.Context, brokers int) *publisherTest {
+	t.Helper()
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(brokers))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cluster.Close)
+	pt := &publisherTest{cluster: cluster, addr: cluster.ListenAddrs()[0], reg: prometheus.NewRegistry(),
+		pairs: []fx.Pair{"USD_JPY", "EUR_USD", "GBP_USD", "AUD_USD", "EUR_JPY", "GBP_JPY"}}
+	if err := broker.EnsureTopics(ctx, []string{pt.addr}, eventing.Topics()); err != nil {
+		t.Fatal(err)
+	}
+	return pt
+}
+
+// start primes the publisher: it learns the partitions and their leaders now.
+func (pt *publisherTest) start(t *testing.T, ctx context.Context) {
+	t.Helper()
+	lease := newLease(nil)
+	lease.epoch.Store(1)
+	lease.prove(time.Now(), time.Hour)
+	m := NewMetrics(pt.reg)
+	pub, err := newPublisher(ctx, &Config{Pairs: pt.pairs, Brokers: []string{pt.addr}, Topic: eventing.TopicRates,
+		Logger: zaptest.NewLogger(t), Metrics: m}, lease, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pub.close)
+	pt.pub = pub
+}
+
+// batch is three rates of every pair, quote ids "<pair>-<n>".
+func (pt *publisherTest) batch() []*pending {
+	var batch []*pending
+	for seq := range 3 {
+		for _, pair := range pt.pairs {
+			spec, _ := fx.Lookup(pair)
+			bid := decimal.New(100_000+int64(seq), -spec.Precision)
+			batch = append(batch, &pending{pair: pair, receivedAt: time.Now(), rate: eventing.RateV1{
+				Pair: pair, Bid: bid, Ask: bid.Add(decimal.New(3, -spec.Precision)), ProviderTime: time.Now().UTC(),
+				QuoteID: fmt.Sprintf("%s-%d", pair, seq), Session: "test", Epoch: 1, Seq: int64(seq + 1),
+				ReceivedAt: time.Now().UTC()}})
+		}
+	}
+	return batch
+}
+
+// publishErrors is the feeder's count of failed produce attempts.
+func (pt *publisherTest) publishErrors() float64 {
+	return (&runningFeeder{reg: pt.reg}).metric("kawase_feeder_publish_errors_total", nil)
+}
+
+// checkTopic reads the rates topic and fails unless it holds exactly n rates, each pair's in order.
+func (pt *publisherTest) checkTopic(t *testing.T, n int) {
+	t.Helper()
+	tl := tailRates(t, pt.addr)
+	waitFor(t, 10*time.Second, "every rate on the topic", func() bool { return tl.count() >= n })
+	time.Sleep(200 * time.Millisecond) // a duplicate would arrive in this time
+	seen, err := tl.snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(seen) != n {
+		t.Fatalf("%d rates on the topic, want %d", len(seen), n)
+	}
+	for pair, rs := range byPair(seen) {
+		for i, r := range rs {
+			if want := fmt.Sprintf("%s-%d", pair, i); r.rate.QuoteID != want {
+				t.Fatalf("%s rate %d is quote %s, want %s", pair, i, r.rate.QuoteID, want)
+			}
+		}
+	}
+}
+
+// producedPartitions records the partitions of each produce request and the broker it reached.
+type producedPartitions struct {
+	mu       sync.Mutex
+	requests [][]int32
+	nodes    []int32
+}
+
+func (pp *producedPartitions) observe(c *kfake.Cluster, req *kmsg.ProduceRequest) []int32 {
+	var parts []int32
+	for _, rt := range req.Topics {
+		for i := range rt.Partitions {
+			parts = append(parts, rt.Partitions[i].Partition)
+		}
+	}
+	pp.requests = append(pp.requests, parts)
+	pp.nodes = append(pp.nodes, c.CurrentNode())
+	return parts
+}
+
 // TestPublishRetriesOnlyRefusedPartitions: a batch goes out as one produce request for all its
 // partitions; when the broker refuses one partition of it, only that partition is sent again, so the
 // topic holds every rate once and in order.
 func TestPublishRetriesOnlyRefusedPartitions(t *testing.T) {
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
-	addr := cluster.ListenAddrs()[0]
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := broker.EnsureTopics(ctx, []string{addr}, eventing.Topics()); err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var requests [][]int32 // the partitions of each produce request, in order
+	pt := newPublisherTest(t, ctx, 1)
+	var pp producedPartitions
 	refused := int32(-1)
-	cluster.ControlKey(int16(kmsg.Produce), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
+	pt.cluster.ControlKey(int16(kmsg.Produce), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
 		req := kreq.(*kmsg.ProduceRequest)
-		mu.Lock()
-		defer mu.Unlock()
-		var parts []int32
-		for _, rt := range req.Topics {
-			for i := range rt.Partitions {
-				parts = append(parts, rt.Partitions[i].Partition)
-			}
-		}
-		requests = append(requests, parts)
-		if refused < 0 && len(parts) > 1 {
+		pp.mu.Lock()
+		defer pp.mu.Unlock()
+		if parts := pp.observe(pt.cluster, req); refused < 0 && len(parts) > 1 {
 			// Spoil the first partition's batch: the broker answers it with CORRUPT_MESSAGE and
 			// appends the others.
 			p := &req.Topics[0].Partitions[0]
@@ -101,63 +187,76 @@ func TestPublishRetriesOnlyRefusedPartitions(t *testing.T) {
 		}
 		return nil, nil, false
 	})
-
-	pairs := []fx.Pair{"USD_JPY", "EUR_USD", "GBP_USD", "AUD_USD"}
-	lease := newLease(nil)
-	lease.epoch.Store(1)
-	lease.prove(time.Now(), time.Hour)
-	reg := prometheus.NewRegistry()
-	m := NewMetrics(reg)
-	pub, err := newPublisher(ctx, &Config{Pairs: pairs, Brokers: []string{addr}, Topic: eventing.TopicRates,
-		Logger: zaptest.NewLogger(t), Metrics: m}, lease, m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pub.close()
-	var batch []*pending
-	for seq := range 3 {
-		for _, pair := range pairs {
-			spec, _ := fx.Lookup(pair)
-			bid := decimal.New(100_000+int64(seq), -spec.Precision)
-			batch = append(batch, &pending{pair: pair, receivedAt: time.Now(), rate: eventing.RateV1{
-				Pair: pair, Bid: bid, Ask: bid.Add(decimal.New(3, -spec.Precision)), ProviderTime: time.Now().UTC(),
-				QuoteID: fmt.Sprintf("%s-%d", pair, seq), Session: "test", Epoch: 1, Seq: int64(seq + 1),
-				ReceivedAt: time.Now().UTC()}})
-		}
-	}
-	if err := pub.publish(ctx, batch); err != nil {
+	pt.start(t, ctx)
+	batch := pt.batch()
+	if err := pt.pub.publish(ctx, batch); err != nil {
 		t.Fatalf("publish: %v", err)
 	}
 
-	mu.Lock()
-	got := slices.Clone(requests)
-	mu.Unlock()
+	pp.mu.Lock()
+	got := slices.Clone(pp.requests)
+	pp.mu.Unlock()
 	distinct := map[int]bool{}
-	for _, pair := range pairs {
-		distinct[pub.partitionOf[pair]] = true
+	for _, pair := range pt.pairs {
+		distinct[pt.pub.partitionOf[pair]] = true
 	}
 	if len(got) != 2 || len(got[0]) != len(distinct) || !slices.Equal(got[1], []int32{refused}) {
 		t.Fatalf("produce requests %v: want one for all %d partitions, then one for partition %d alone",
 			got, len(distinct), refused)
 	}
-	if n := (&runningFeeder{reg: reg}).metric("kawase_feeder_publish_errors_total", nil); n != 1 {
+	if n := pt.publishErrors(); n != 1 {
 		t.Fatalf("publish errors counted: %v, want 1", n)
 	}
-	tl := tailRates(t, addr)
-	waitFor(t, 10*time.Second, "every rate on the topic", func() bool { return tl.count() >= len(batch) })
-	time.Sleep(200 * time.Millisecond) // a duplicate would arrive in this time
-	seen, err := tl.snapshot()
-	if err != nil {
+	pt.checkTopic(t, len(batch))
+}
+
+// TestPublishFollowsLeadersAcrossBrokers: with the partitions spread over three brokers, a batch goes
+// out as one request per leader; when a partition's leader moves after the publisher learned it, the
+// old leader refuses it and the next attempt finds the new one (kafka-go's cached metadata would
+// still point at the old leader for seconds).
+func TestPublishFollowsLeadersAcrossBrokers(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pt := newPublisherTest(t, ctx, 3)
+	var pp producedPartitions
+	pt.cluster.ControlKey(int16(kmsg.Produce), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
+		pp.mu.Lock()
+		defer pp.mu.Unlock()
+		pp.observe(pt.cluster, kreq.(*kmsg.ProduceRequest))
+		pt.cluster.KeepControl()
+		return nil, nil, false
+	})
+	pt.start(t, ctx)
+	leaders := map[int32]bool{}
+	for _, pair := range pt.pairs {
+		leaders[pt.cluster.LeaderFor(eventing.TopicRates, int32(pt.pub.partitionOf[pair]))] = true
+	}
+	if len(leaders) < 2 {
+		t.Fatalf("the pairs' partitions all have one leader (%v); the test needs several", leaders)
+	}
+	batch := pt.batch()
+	if err := pt.pub.publish(ctx, batch[:len(pt.pairs)]); err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	pp.mu.Lock()
+	first := slices.Clone(pp.nodes)
+	pp.mu.Unlock()
+	slices.Sort(first)
+	if len(first) != len(leaders) || len(slices.Compact(first)) != len(leaders) {
+		t.Fatalf("the first batch went to brokers %v; want one request to each of the %d leaders", first, len(leaders))
+	}
+
+	moved := int32(pt.pub.partitionOf[pt.pairs[0]])
+	from := pt.cluster.LeaderFor(eventing.TopicRates, moved)
+	to := (from + 1) % 3
+	if err := pt.cluster.MoveTopicPartition(eventing.TopicRates, moved, to); err != nil {
 		t.Fatal(err)
 	}
-	if len(seen) != len(batch) {
-		t.Fatalf("%d rates on the topic, want %d", len(seen), len(batch))
+	if err := pt.pub.publish(ctx, batch[len(pt.pairs):]); err != nil {
+		t.Fatalf("publish after partition %d moved from broker %d to %d: %v", moved, from, to, err)
 	}
-	for pair, rs := range byPair(seen) {
-		for i, r := range rs {
-			if want := fmt.Sprintf("%s-%d", pair, i); r.rate.QuoteID != want {
-				t.Fatalf("%s rate %d is quote %s, want %s", pair, i, r.rate.QuoteID, want)
-			}
-		}
+	if n := pt.publishErrors(); n != 1 {
+		t.Fatalf("publish errors counted: %v, want 1 (the old leader's refusal)", n)
 	}
+	pt.checkTopic(t, len(batch))
 }

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 	"go.uber.org/zap"
 
@@ -22,7 +23,8 @@ const (
 	// partitionQueueRecordsMax bounds the records fetched ahead for one partition of an ordered
 	// consumer: with this many waiting (a partition blocked in retries, say) the partition is left out
 	// of fetches until it catches up, as Knative's consumer pauses it, and the other partitions go on.
-	// A fetch adds at most 1 MiB of records to a partition's queue, so it never holds much more.
+	// A fetch adds at most 1 MiB of stored (possibly compressed) records to a partition's queue, so
+	// it never holds much more; kawase_dispatch_records_waiting shows what the consumer holds.
 	partitionQueueRecordsMax = 512
 	// commitIntervalMs is how often the offsets of finished records are committed, as Knative's
 	// dispatcher commits periodically rather than per record; a stop commits at once. After a crash
@@ -112,14 +114,16 @@ func (c *consumer) consume(ctx, genCtx context.Context, gen *kafka.Generation) {
 			c.log.Warnw("fetch failed; retrying", "topic", c.spec.Topic, "error", err)
 		}}
 	var deliver func(context.Context, []kafka.Message)
+	release := func() {}
 	if c.spec.Ordering == Unordered {
 		deliver = c.unorderedDelivery(runCtx, k, from, &wg)
 	} else {
-		deliver, cfg.Paused = c.orderedDelivery(runCtx, k, from, &wg)
+		deliver, cfg.Paused, release = c.orderedDelivery(runCtx, k, from, &wg)
 	}
 	cekafka.ReadPartitions(runCtx, cfg, from, deliver)
 	<-runCtx.Done()
 	wg.Wait()
+	release()
 	<-flushed
 	if err := context.Cause(runCtx); errors.Is(err, errCommitFailed) {
 		c.log.Warnw("ending the generation after failed commits; the next one starts afresh", "error", err)
@@ -132,18 +136,25 @@ func (c *consumer) consume(ctx, genCtx context.Context, gen *kafka.Generation) {
 }
 
 // orderedDelivery starts a goroutine per partition that delivers the partition's records one at a
-// time, in order, and returns the fetch loop's hand-off to them (which never blocks) and which
-// partitions to leave out of fetches for now.
-func (c *consumer) orderedDelivery(ctx context.Context, k *committer, partitions map[int]int64, wg *sync.WaitGroup) (deliver func(context.Context, []kafka.Message), paused func(int) bool) {
+// time, in order. It returns the fetch loop's hand-off to them (which never blocks), which partitions
+// to leave out of fetches for now, and release, which forgets what is left once the goroutines and
+// the fetch loop have stopped.
+func (c *consumer) orderedDelivery(ctx context.Context, k *committer, partitions map[int]int64, wg *sync.WaitGroup) (deliver func(context.Context, []kafka.Message), paused func(int) bool, release func()) {
+	waiting := c.m.waiting.WithLabelValues(c.id)
 	queues := make(map[int]*partitionQueue, len(partitions))
 	for p := range partitions {
-		q := &partitionQueue{ready: make(chan struct{}, 1)}
+		q := &partitionQueue{ready: make(chan struct{}, 1), waiting: waiting}
 		queues[p] = q
 		wg.Go(func() { c.drainPartition(ctx, k, q) })
 	}
 	deliver = func(_ context.Context, batch []kafka.Message) { queues[batch[0].Partition].push(batch) }
 	paused = func(p int) bool { return queues[p].held.Load() >= partitionQueueRecordsMax }
-	return deliver, paused
+	release = func() {
+		for _, q := range queues {
+			waiting.Sub(float64(q.held.Swap(0)))
+		}
+	}
+	return deliver, paused, release
 }
 
 // partitionQueue holds one partition's fetched records until its delivery goroutine takes them.
@@ -151,12 +162,15 @@ type partitionQueue struct {
 	mu      sync.Mutex
 	records []kafka.Message
 	ready   chan struct{} // signalled when records were added
-	// held counts the records handed over and not yet finished, taken ones included.
-	held atomic.Int64
+	// held counts the records handed over and not yet finished, taken ones included; waiting is the
+	// consumer's gauge of the same, over all its partitions.
+	held    atomic.Int64
+	waiting prometheus.Gauge
 }
 
 func (q *partitionQueue) push(batch []kafka.Message) {
 	q.held.Add(int64(len(batch)))
+	q.waiting.Add(float64(len(batch)))
 	q.mu.Lock()
 	q.records = append(q.records, batch...)
 	q.mu.Unlock()
@@ -197,6 +211,7 @@ func (c *consumer) drainPartition(ctx context.Context, k *committer, q *partitio
 			}
 			k.mark(m.Partition, m.Offset)
 			q.held.Add(-1)
+			q.waiting.Dec()
 		}
 	}
 }

@@ -38,7 +38,9 @@ type metrics struct {
 	retries     *prometheus.CounterVec
 	deadLetters *prometheus.CounterVec
 	inFlight    *prometheus.GaugeVec
-	ingress     *prometheus.CounterVec
+	// waiting is the records an ordered consumer fetched and has not finished.
+	waiting *prometheus.GaugeVec
+	ingress *prometheus.CounterVec
 	// consumerErrors counts the consumer's own trouble with Kafka, each retried.
 	consumerErrors *prometheus.CounterVec
 }
@@ -61,6 +63,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "kawase_dispatch_in_flight",
 			Help: "Deliveries in progress (attempts, backoff waits and dead-lettering included), by consumer.",
 		}, []string{"consumer"}),
+		waiting: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kawase_dispatch_records_waiting",
+			Help: "Records an ordered consumer fetched and has not finished yet (queued or in delivery), by consumer; a partition with 512 waiting is not fetched until it catches up.",
+		}, []string{"consumer"}),
 		ingress: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kawase_dispatch_ingress_requests_total",
 			Help: "Requests to KafkaChannel and KafkaSink endpoints, by endpoint and HTTP status code.",
@@ -71,7 +77,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"consumer", "operation"}),
 	}
 	var errs []error
-	for _, c := range []prometheus.Collector{m.deliveries, m.retries, m.deadLetters, m.inFlight, m.ingress, m.consumerErrors} {
+	for _, c := range []prometheus.Collector{m.deliveries, m.retries, m.deadLetters, m.inFlight, m.waiting, m.ingress, m.consumerErrors} {
 		if err := reg.Register(c); err != nil {
 			errs = append(errs, err)
 		}
