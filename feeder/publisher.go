@@ -75,10 +75,12 @@ type publisher struct {
 	leaderOf    map[int]int
 	partitionOf map[fx.Pair]int
 	in          chan *pending
-	metrics     *Metrics
-	published   map[fx.Pair]prometheus.Counter
-	observe     func(Published)
-	log         *zap.Logger
+	// linger is publishLingerMs; tests lengthen it to tell batches apart.
+	linger    time.Duration
+	metrics   *Metrics
+	published map[fx.Pair]prometheus.Counter
+	observe   func(Published)
+	log       *zap.Logger
 }
 
 func newPublisher(ctx context.Context, cfg *Config, lease *Lease, m *Metrics) (*publisher, error) {
@@ -89,6 +91,7 @@ func newPublisher(ctx context.Context, cfg *Config, lease *Lease, m *Metrics) (*
 	p := &publisher{
 		lease: lease, topic: cfg.Topic, brokers: cfg.Brokers, enc: enc, metrics: m, observe: cfg.OnPublished, log: cfg.Logger,
 		in: make(chan *pending, publishQueueRatesMax), published: map[fx.Pair]prometheus.Counter{},
+		linger: publishLingerMs * time.Millisecond,
 	}
 	p.connect()
 	for _, pair := range cfg.Pairs {
@@ -209,10 +212,10 @@ func (p *publisher) run(ctx context.Context) error {
 		case q := <-p.in:
 			batch = append(batch[:0], q)
 		}
-		if time.Since(batch[0].receivedAt) < publishLingerMs*time.Millisecond {
-			batch = p.gather(batch, linger)
+		if wait := p.linger - time.Since(batch[0].receivedAt); wait > 0 {
+			batch = p.gather(batch, linger, wait)
 		} else {
-			batch = p.drain(batch) // it waited behind the previous batch already
+			batch = p.drain(batch) // it waited behind the previous batch long enough
 		}
 		if err := p.publish(ctx, batch); err != nil {
 			p.dropQueued("publish_failed")
@@ -221,11 +224,11 @@ func (p *publisher) run(ctx context.Context) error {
 	}
 }
 
-// gather adds to the batch what arrives within publishLingerMs of its first rate (the provider spreads
-// its quotes over the cycle, so without the wait nearly every request would carry one rate), then
-// whatever else is queued, up to publishBatchRatesMax.
-func (p *publisher) gather(batch []*pending, linger *time.Timer) []*pending {
-	linger.Reset(publishLingerMs * time.Millisecond)
+// gather adds to the batch what arrives within wait, the rest of publishLingerMs after its first rate
+// was received (the provider spreads its quotes over the cycle, so without the wait nearly every
+// request would carry one rate), then whatever else is queued, up to publishBatchRatesMax.
+func (p *publisher) gather(batch []*pending, linger *time.Timer, wait time.Duration) []*pending {
+	linger.Reset(wait)
 	defer linger.Stop()
 	for len(batch) < publishBatchRatesMax {
 		select {

@@ -260,3 +260,74 @@ func TestPublishFollowsLeadersAcrossBrokers(t *testing.T) {
 	}
 	pt.checkTopic(t, len(batch))
 }
+
+// TestPublisherGathersWithinLinger: rates received within the linger of a batch's first rate go out
+// in its request; a rate that already waited longer than the linger goes out at once, alone.
+func TestPublisherGathersWithinLinger(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pt := newPublisherTest(t, ctx, 1)
+	var pp producedPartitions
+	pt.cluster.ControlKey(int16(kmsg.Produce), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
+		pp.mu.Lock()
+		defer pp.mu.Unlock()
+		pp.observe(pt.cluster, kreq.(*kmsg.ProduceRequest))
+		pt.cluster.KeepControl()
+		return nil, nil, false
+	})
+	pt.start(t, ctx)
+	pt.pub.linger = time.Second // long enough that a busy machine cannot blur the batches
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- pt.pub.run(runCtx) }()
+	defer func() {
+		stop()
+		<-done
+	}()
+	rates := pt.batch()[:len(pt.pairs)] // one rate of each pair
+	partOf := func(qs ...*pending) []int32 {
+		var parts []int32
+		for _, q := range qs {
+			parts = append(parts, int32(pt.pub.partitionOf[q.pair]))
+		}
+		slices.Sort(parts)
+		return slices.Compact(parts)
+	}
+	requests := func(n int) [][]int32 {
+		waitFor(t, 10*time.Second, fmt.Sprintf("%d produce request(s)", n), func() bool {
+			pp.mu.Lock()
+			defer pp.mu.Unlock()
+			return len(pp.requests) >= n
+		})
+		pp.mu.Lock()
+		defer pp.mu.Unlock()
+		out := make([][]int32, len(pp.requests))
+		for i, r := range pp.requests {
+			out[i] = slices.Sorted(slices.Values(r))
+		}
+		return out
+	}
+	enqueue := func(q *pending, receivedAt time.Time) {
+		q.receivedAt = receivedAt
+		if !pt.pub.enqueue(ctx, q) {
+			t.Fatal("enqueue refused")
+		}
+	}
+
+	enqueue(rates[0], time.Now())
+	time.Sleep(200 * time.Millisecond)
+	enqueue(rates[1], time.Now())
+	enqueue(rates[2], time.Now())
+	if got := requests(1); len(got) != 1 || !slices.Equal(got[0], partOf(rates[0], rates[1], rates[2])) {
+		t.Fatalf("produce requests %v: want one for the partitions %v of all three rates", got, partOf(rates[0], rates[1], rates[2]))
+	}
+
+	enqueue(rates[3], time.Now().Add(-2*time.Second)) // it waited behind a slow batch, say
+	time.Sleep(200 * time.Millisecond)
+	enqueue(rates[4], time.Now())
+	got := requests(3)
+	if len(got) != 3 || !slices.Equal(got[1], partOf(rates[3])) || !slices.Equal(got[2], partOf(rates[4])) {
+		t.Fatalf("produce requests %v: want %v at once, then %v after the linger", got, partOf(rates[3]), partOf(rates[4]))
+	}
+	pt.checkTopic(t, 5)
+}
