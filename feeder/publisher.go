@@ -69,10 +69,13 @@ type publisher struct {
 	enc     *rateEncoder
 	brokers []string
 	// transport and client are replaced after a failed produce; leaderOf is the broker that leads
-	// each partition as the transport sees it. Only publish's goroutine uses or replaces them.
+	// each partition as the transport sees it. Only publish's goroutine replaces them, while no
+	// produce is in flight. metadataTTL is kafka-go's refresh interval (0: its default); tests
+	// lengthen it so that a leader move stays unseen until the publisher reconnects.
 	transport   *kafka.Transport
 	client      *kafka.Client
 	leaderOf    map[int]int
+	metadataTTL time.Duration
 	partitionOf map[fx.Pair]int
 	in          chan *pending
 	// linger is publishLingerMs; tests lengthen it to tell batches apart.
@@ -108,7 +111,7 @@ func newPublisher(ctx context.Context, cfg *Config, lease *Lease, m *Metrics) (*
 func (p *publisher) connect() {
 	p.transport = &kafka.Transport{
 		Dial: fencedDialer(p.lease), DialTimeout: dialTimeoutMs * time.Millisecond, ClientID: kafkaClientID,
-		IdleTimeout: transportIdleMs * time.Millisecond, MetadataTopics: []string{p.topic},
+		IdleTimeout: transportIdleMs * time.Millisecond, MetadataTopics: []string{p.topic}, MetadataTTL: p.metadataTTL,
 	}
 	p.client = &kafka.Client{Addr: kafka.TCP(p.brokers...), Transport: p.transport, Timeout: metadataTimeoutMs * time.Millisecond}
 }
@@ -212,7 +215,7 @@ func (p *publisher) run(ctx context.Context) error {
 		case q := <-p.in:
 			batch = append(batch[:0], q)
 		}
-		if wait := p.linger - time.Since(batch[0].receivedAt); wait > 0 {
+		if wait := min(p.linger, p.linger-time.Since(batch[0].receivedAt)); wait > 0 {
 			batch = p.gather(batch, linger, wait)
 		} else {
 			batch = p.drain(batch) // it waited behind the previous batch long enough
@@ -340,13 +343,14 @@ func (p *publisher) produceAll(ctx context.Context, byPartition map[int][]*pendi
 		}
 		byLeader[leader][part] = qs
 	}
+	tr := p.transport
 	failed := map[int][]*pending{}
 	var errs []error
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for _, parts := range byLeader {
 		wg.Go(func() {
-			refused := p.produce(ctx, parts)
+			refused := p.produce(ctx, tr, parts)
 			mu.Lock()
 			defer mu.Unlock()
 			for part, err := range refused {
@@ -361,7 +365,7 @@ func (p *publisher) produceAll(ctx context.Context, byPartition map[int][]*pendi
 
 // produce sends the records of partitions that share a leader in one request, and returns the error
 // of each partition that was not acknowledged.
-func (p *publisher) produce(ctx context.Context, parts map[int][]*pending) map[int]error {
+func (p *publisher) produce(ctx context.Context, tr *kafka.Transport, parts map[int][]*pending) map[int]error {
 	ctx, cancel := context.WithTimeout(ctx, (produceTimeoutMs+produceDeadlineSlackMs)*time.Millisecond)
 	defer cancel()
 	req := &produceapi.Request{Acks: int16(kafka.RequireAll), Timeout: produceTimeoutMs,
@@ -371,7 +375,7 @@ func (p *publisher) produce(ctx context.Context, parts map[int][]*pending) map[i
 		req.Topics[0].Partitions = append(req.Topics[0].Partitions,
 			produceapi.RequestPartition{Partition: int32(part), RecordSet: protocol.RecordSet{Records: recordsOf(qs, now)}})
 	}
-	m, err := p.transport.RoundTrip(ctx, p.client.Addr, req)
+	m, err := tr.RoundTrip(ctx, kafka.TCP(p.brokers...), req)
 	refused := make(map[int]error, len(parts))
 	if err != nil {
 		for part := range parts {

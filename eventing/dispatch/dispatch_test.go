@@ -258,7 +258,10 @@ func TestFullPartitionQueueDoesNotStopOthers(t *testing.T) {
 	waitFor(t, "the other partitions' events delivered around the block", func() bool { return others.Load() == othersTotal })
 	waiting := r.d.consumers[0].m.waiting.WithLabelValues(r.d.consumers[0].id)
 	// The first flood came in one fetch and paused the partition: the second is not fetched ahead.
-	waitFor(t, "no more than the first flood waiting", func() bool { return r.count(waiting) <= flood })
+	waitFor(t, "the first flood waiting, and no more", func() bool {
+		n := r.count(waiting)
+		return n >= partitionQueueRecordsMax && n <= flood
+	})
 	release.Store(true)
 	waitFor(t, "every event delivered", func() bool { return len(sub.accepted()) >= 2*flood+len(later) })
 	waitFor(t, "nothing waiting", func() bool { return r.count(waiting) == 0 })
