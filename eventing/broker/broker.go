@@ -100,3 +100,48 @@ func createTopics(ctx context.Context, brokers []string, topics []eventing.Topic
 	}
 	return nil
 }
+
+// PartitionDrift describes a topic whose partition count differs from the catalogue's: the broker
+// keeps a topic as it was first created (a data directory from an older kawase, a topic made by
+// hand), and EnsureTopics never changes one, because adding partitions would move keys to other
+// partitions and break their order.
+type PartitionDrift struct {
+	Topic            string
+	Have, Catalogued int
+}
+
+// String says what differs, for a start-up warning.
+func (d PartitionDrift) String() string {
+	return fmt.Sprintf("topic %s has %d partitions, the catalogue says %d", d.Topic, d.Have, d.Catalogued)
+}
+
+// CheckPartitions compares each topic's partition count on the broker with the catalogue's; a topic
+// that does not exist is an error (EnsureTopics creates them).
+func CheckPartitions(ctx context.Context, brokers []string, topics []eventing.Topic) ([]PartitionDrift, error) {
+	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: adminTimeoutMs * time.Millisecond}
+	names := make([]string, len(topics))
+	for i, t := range topics {
+		names[i] = t.Name
+	}
+	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: names})
+	if err != nil {
+		return nil, fmt.Errorf("check partitions: %w", err)
+	}
+	have := make(map[string]int, len(md.Topics))
+	for _, t := range md.Topics {
+		if t.Error == nil {
+			have[t.Name] = len(t.Partitions)
+		}
+	}
+	var drift []PartitionDrift
+	for _, t := range topics {
+		n, ok := have[t.Name]
+		switch {
+		case !ok || n == 0:
+			return nil, fmt.Errorf("check partitions: topic %s does not exist", t.Name)
+		case n != t.Partitions:
+			drift = append(drift, PartitionDrift{Topic: t.Name, Have: n, Catalogued: t.Partitions})
+		}
+	}
+	return drift, nil
+}
