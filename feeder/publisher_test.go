@@ -72,8 +72,10 @@ type publisherTest struct {
 	pub     *publisher
 }
 
-func newPublisherTest(t *testing.T, ctx context.Context, brokers int) *publisherTest {
+func newPublisherTest(t *testing.T, brokers int) (*publisherTest, context.Context) {
 	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
 	cluster, err := kfake.NewCluster(kfake.NumBrokers(brokers))
 	if err != nil {
 		t.Fatal(err)
@@ -84,7 +86,7 @@ func newPublisherTest(t *testing.T, ctx context.Context, brokers int) *publisher
 	if err := broker.EnsureTopics(ctx, []string{pt.addr}, eventing.Topics()); err != nil {
 		t.Fatal(err)
 	}
-	return pt
+	return pt, ctx
 }
 
 // start primes the publisher: it learns the partitions and their leaders now.
@@ -119,9 +121,14 @@ func (pt *publisherTest) batch() []*pending {
 	return batch
 }
 
-// publishErrors is the feeder's count of failed produce attempts.
-func (pt *publisherTest) publishErrors() float64 {
-	return (&runningFeeder{reg: pt.reg}).metric("kawase_feeder_publish_errors_total", nil)
+// checkOutcome fails unless the feeder counted failedAttempts failed produce attempts and the topic
+// holds exactly n rates, each pair's in order.
+func (pt *publisherTest) checkOutcome(t *testing.T, failedAttempts float64, n int) {
+	t.Helper()
+	if got := (&runningFeeder{reg: pt.reg}).metric("kawase_feeder_publish_errors_total", nil); got != failedAttempts {
+		t.Fatalf("publish errors counted: %v, want %v", got, failedAttempts)
+	}
+	pt.checkTopic(t, n)
 }
 
 // checkTopic reads the rates topic and fails unless it holds exactly n rates, each pair's in order.
@@ -165,13 +172,23 @@ func (pp *producedPartitions) observe(c *kfake.Cluster, req *kmsg.ProduceRequest
 	return parts
 }
 
+// recordProduces records every produce request the cluster receives, leaving it to be handled.
+func (pt *publisherTest) recordProduces() *producedPartitions {
+	pp := &producedPartitions{}
+	pt.cluster.ControlKey(int16(kmsg.Produce), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
+		pp.mu.Lock()
+		defer pp.mu.Unlock()
+		pp.observe(pt.cluster, kreq.(*kmsg.ProduceRequest))
+		return nil, nil, false
+	})
+	return pp
+}
+
 // TestPublishRetriesOnlyRefusedPartitions: a batch goes out as one produce request for all its
 // partitions; when the broker refuses one partition of it, only that partition is sent again, so the
 // topic holds every rate once and in order.
 func TestPublishRetriesOnlyRefusedPartitions(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	pt := newPublisherTest(t, ctx, 1)
+	pt, ctx := newPublisherTest(t, 1)
 	var pp producedPartitions
 	refused := int32(-1)
 	pt.cluster.ControlKey(int16(kmsg.Produce), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
@@ -205,10 +222,7 @@ func TestPublishRetriesOnlyRefusedPartitions(t *testing.T) {
 		t.Fatalf("produce requests %v: want one for all %d partitions, then one for partition %d alone",
 			got, len(distinct), refused)
 	}
-	if n := pt.publishErrors(); n != 1 {
-		t.Fatalf("publish errors counted: %v, want 1", n)
-	}
-	pt.checkTopic(t, len(batch))
+	pt.checkOutcome(t, 1, len(batch))
 }
 
 // TestPublishFollowsLeadersAcrossBrokers: with the partitions spread over three brokers, a batch goes
@@ -216,16 +230,8 @@ func TestPublishRetriesOnlyRefusedPartitions(t *testing.T) {
 // old leader refuses it and the next attempt finds the new one (kafka-go's cached metadata would
 // still point at the old leader for seconds).
 func TestPublishFollowsLeadersAcrossBrokers(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	pt := newPublisherTest(t, ctx, 3)
-	var pp producedPartitions
-	pt.cluster.ControlKey(int16(kmsg.Produce), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
-		pp.mu.Lock()
-		defer pp.mu.Unlock()
-		pp.observe(pt.cluster, kreq.(*kmsg.ProduceRequest))
-		return nil, nil, false
-	})
+	pt, ctx := newPublisherTest(t, 3)
+	pp := pt.recordProduces()
 	pt.start(t, ctx)
 	// kafka-go refreshes its metadata at random within its TTL; with an hour, the move below stays
 	// unseen until the publisher reconnects.
@@ -259,25 +265,14 @@ func TestPublishFollowsLeadersAcrossBrokers(t *testing.T) {
 	if err := pt.pub.publish(ctx, batch[len(pt.pairs):]); err != nil {
 		t.Fatalf("publish after partition %d moved from broker %d to %d: %v", moved, from, to, err)
 	}
-	if n := pt.publishErrors(); n != 1 {
-		t.Fatalf("publish errors counted: %v, want 1 (the old leader's refusal)", n)
-	}
-	pt.checkTopic(t, len(batch))
+	pt.checkOutcome(t, 1, len(batch)) // the one error: the old leader's refusal
 }
 
 // TestPublisherGathersWithinLinger: rates received within the linger of a batch's first rate go out
 // in its request; a rate that already waited longer than the linger goes out at once, alone.
 func TestPublisherGathersWithinLinger(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	pt := newPublisherTest(t, ctx, 1)
-	var pp producedPartitions
-	pt.cluster.ControlKey(int16(kmsg.Produce), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
-		pp.mu.Lock()
-		defer pp.mu.Unlock()
-		pp.observe(pt.cluster, kreq.(*kmsg.ProduceRequest))
-		return nil, nil, false
-	})
+	pt, ctx := newPublisherTest(t, 1)
+	pp := pt.recordProduces()
 	pt.start(t, ctx)
 	pt.pub.linger = time.Second // long enough that a busy machine cannot blur the batches
 	var acked atomic.Int64
@@ -335,5 +330,5 @@ func TestPublisherGathersWithinLinger(t *testing.T) {
 	if len(got) != 3 || !slices.Equal(got[1], partOf(rates[3])) || !slices.Equal(got[2], partOf(rates[4])) {
 		t.Fatalf("produce requests %v: want %v at once, then %v after the linger", got, partOf(rates[3]), partOf(rates[4]))
 	}
-	pt.checkTopic(t, 5)
+	pt.checkOutcome(t, 0, 5)
 }
