@@ -24,6 +24,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/kawase-fx/kawase/eventing"
+	"github.com/kawase-fx/kawase/eventing/cekafka"
 	"github.com/kawase-fx/kawase/eventing/fx"
 	"github.com/kawase-fx/kawase/feeder/fixspec"
 )
@@ -413,10 +414,7 @@ func (f *Feeder) watchBroker(ctx context.Context) {
 func (f *Feeder) checkBroker(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, brokerCheckTimeoutMs*time.Millisecond)
 	defer cancel()
-	md, err := f.warm.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{f.cfg.Topic}})
-	if err == nil {
-		_, err = topicLeaders(md, f.cfg.Topic)
-	}
+	_, err := cekafka.Leaders(ctx, f.warm, f.cfg.Topic)
 	up := err == nil
 	f.ready.Store(up)
 	if up {

@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/kawase-fx/kawase/eventing"
+	"github.com/kawase-fx/kawase/eventing/cekafka"
 	"github.com/kawase-fx/kawase/eventing/fx"
 )
 
@@ -152,31 +153,7 @@ func (p *publisher) reconnect(ctx context.Context) {
 func (p *publisher) lookUpLeaders(ctx context.Context) (map[int]int, error) {
 	ctx, cancel := context.WithTimeout(ctx, metadataTimeoutMs*time.Millisecond)
 	defer cancel()
-	md, err := p.client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{p.topic}})
-	if err != nil {
-		return nil, fmt.Errorf("kafka metadata: %w", err)
-	}
-	return topicLeaders(md, p.topic)
-}
-
-func topicLeaders(md *kafka.MetadataResponse, topic string) (map[int]int, error) {
-	for _, t := range md.Topics {
-		if t.Name != topic {
-			continue
-		}
-		if t.Error != nil {
-			return nil, fmt.Errorf("kafka topic %s: %w", topic, t.Error)
-		}
-		if len(t.Partitions) == 0 {
-			break
-		}
-		leaders := make(map[int]int, len(t.Partitions))
-		for _, part := range t.Partitions {
-			leaders[part.ID] = part.Leader.ID
-		}
-		return leaders, nil
-	}
-	return nil, fmt.Errorf("kafka topic %s does not exist", topic)
+	return cekafka.Leaders(ctx, p.client, p.topic)
 }
 
 // partitionsByPair places each pair with murmur2, as cekafka's writers and Java clients do.

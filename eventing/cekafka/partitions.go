@@ -138,46 +138,62 @@ func Extents(ctx context.Context, brokers []string, topic string) ([]PartitionEx
 	ctx, cancel := context.WithTimeout(ctx, fetchLookupTimeoutMs*time.Millisecond)
 	defer cancel()
 	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: fetchLookupTimeoutMs * time.Millisecond}
-	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+	leaders, err := Leaders(ctx, client, topic)
 	if err != nil {
-		return nil, fmt.Errorf("metadata of %s: %w", topic, err)
-	}
-	if len(md.Topics) != 1 || md.Topics[0].Error != nil || len(md.Topics[0].Partitions) == 0 {
-		return nil, fmt.Errorf("metadata of %s: topic missing or without partitions", topic)
+		return nil, err
 	}
 	var reqs []kafka.OffsetRequest
-	for _, p := range md.Topics[0].Partitions {
-		reqs = append(reqs, kafka.FirstOffsetOf(p.ID), kafka.LastOffsetOf(p.ID))
+	for p := range leaders {
+		reqs = append(reqs, kafka.FirstOffsetOf(p), kafka.LastOffsetOf(p))
 	}
 	offs, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
 	if err != nil {
 		return nil, fmt.Errorf("offsets of %s: %w", topic, err)
 	}
-	extents := make([]PartitionExtent, 0, len(md.Topics[0].Partitions))
+	extents := make([]PartitionExtent, 0, len(leaders))
 	for _, po := range offs.Topics[topic] {
 		if po.Error != nil {
 			return nil, fmt.Errorf("offsets of %s/%d: %w", topic, po.Partition, po.Error)
 		}
 		extents = append(extents, PartitionExtent{Partition: po.Partition, First: po.FirstOffset, Last: po.LastOffset})
 	}
-	if len(extents) != len(md.Topics[0].Partitions) {
-		return nil, fmt.Errorf("offsets of %s: %d of %d partitions", topic, len(extents), len(md.Topics[0].Partitions))
+	if len(extents) != len(leaders) {
+		return nil, fmt.Errorf("offsets of %s: %d of %d partitions", topic, len(extents), len(leaders))
 	}
 	return extents, nil
 }
 
-// leadersOf groups the partitions of next by the broker that leads them.
-func leadersOf(ctx context.Context, client *kafka.Client, topic string, next map[int]int64) (map[int][]int, error) {
+// Leaders returns the broker that leads each partition of topic, as client sees it (a client's
+// transport answers from its cached metadata); a topic missing or without partitions is an error.
+func Leaders(ctx context.Context, client *kafka.Client, topic string) (map[int]int, error) {
 	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
 	if err != nil {
 		return nil, fmt.Errorf("metadata of %s: %w", topic, err)
 	}
-	if len(md.Topics) != 1 || md.Topics[0].Error != nil {
-		return nil, fmt.Errorf("metadata of %s: topic missing", topic)
+	for _, t := range md.Topics {
+		if t.Name != topic {
+			continue
+		}
+		if t.Error != nil {
+			return nil, fmt.Errorf("metadata of %s: %w", topic, t.Error)
+		}
+		if len(t.Partitions) == 0 {
+			break
+		}
+		leaders := make(map[int]int, len(t.Partitions))
+		for _, p := range t.Partitions {
+			leaders[p.ID] = p.Leader.ID
+		}
+		return leaders, nil
 	}
-	leaders := map[int]int{}
-	for _, p := range md.Topics[0].Partitions {
-		leaders[p.ID] = p.Leader.ID
+	return nil, fmt.Errorf("metadata of %s: topic missing or without partitions", topic)
+}
+
+// leadersOf groups the partitions of next by the broker that leads them.
+func leadersOf(ctx context.Context, client *kafka.Client, topic string, next map[int]int64) (map[int][]int, error) {
+	leaders, err := Leaders(ctx, client, topic)
+	if err != nil {
+		return nil, err
 	}
 	byLeader := map[int][]int{}
 	for p := range next {

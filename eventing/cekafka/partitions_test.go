@@ -62,6 +62,18 @@ func startReading(ctx context.Context, cfg cekafka.PartitionsConfig, from map[in
 	}
 }
 
+// topicWithWriter starts a broker with one topic and returns its address, a context bounded by
+// testTimeout and a writer to the topic, each released when the test ends.
+func topicWithWriter(t *testing.T, topic string, partitions int) (string, context.Context, *kafka.Writer) {
+	t.Helper()
+	addr := startBroker(t, "", eventing.Topic{Name: topic, Partitions: partitions})
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	t.Cleanup(cancel)
+	w := cekafka.NewWriter([]string{addr}, topic)
+	t.Cleanup(func() { _ = w.Close() })
+	return addr, ctx, w
+}
+
 // waitFor polls until cond holds or the test's time runs out.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -79,11 +91,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // back once, in offset order, with its key, headers and data intact.
 func TestReadPartitionsDeliversEveryPartitionInOrder(t *testing.T) {
 	const partitions, perKey = 6, 30
-	addr := startBroker(t, "", eventing.Topic{Name: "t.parts", Partitions: partitions})
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
-	w := cekafka.NewWriter([]string{addr}, "t.parts")
-	defer w.Close()
+	addr, ctx, w := topicWithWriter(t, "t.parts", partitions)
 	keys := []string{"a", "b", "c", "d", "e", "f", "g", "h", "i", "j"}
 	publish := func(from, to int) {
 		for n := from; n < to; n++ {
@@ -173,11 +181,7 @@ func TestReadPartitionsDeliversEveryPartitionInOrder(t *testing.T) {
 // TestReadPartitionsRestartsAnOffsetOutOfRange asks for a partition past its end: the broker refuses
 // the offset, the failure is reported, and the partition is read again from its start.
 func TestReadPartitionsRestartsAnOffsetOutOfRange(t *testing.T) {
-	addr := startBroker(t, "", eventing.Topic{Name: "t.range", Partitions: 1})
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
-	w := cekafka.NewWriter([]string{addr}, "t.range")
-	defer w.Close()
+	addr, ctx, w := topicWithWriter(t, "t.range", 1)
 	for n := range 5 {
 		if err := cekafka.Publish(ctx, w, event(t, "k", n)); err != nil {
 			t.Fatal(err)
@@ -203,11 +207,7 @@ func TestReadPartitionsRestartsAnOffsetOutOfRange(t *testing.T) {
 // TestReadPartitionsStopsWhileDeliveryBlocks checks that a reader whose deliver is stuck ends once its
 // context does.
 func TestReadPartitionsStopsWhileDeliveryBlocks(t *testing.T) {
-	addr := startBroker(t, "", eventing.Topic{Name: "t.stop", Partitions: 2})
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
-	w := cekafka.NewWriter([]string{addr}, "t.stop")
-	defer w.Close()
+	addr, ctx, w := topicWithWriter(t, "t.stop", 2)
 	if err := cekafka.Publish(ctx, w, event(t, "k", 1)); err != nil {
 		t.Fatal(err)
 	}
@@ -239,11 +239,7 @@ func TestReadPartitionsStopsWhileDeliveryBlocks(t *testing.T) {
 // others go on being fetched; once it resumes it is read from where it stopped.
 func TestReadPartitionsLeavesPausedPartitionsOut(t *testing.T) {
 	const topic = "t.paused"
-	addr := startBroker(t, "", eventing.Topic{Name: topic, Partitions: 2})
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
-	w := cekafka.NewWriter([]string{addr}, topic)
-	defer w.Close()
+	addr, ctx, w := topicWithWriter(t, topic, 2)
 	publish := func(from, to int) map[int]int64 {
 		for n := from; n < to; n++ {
 			for _, k := range []string{"a", "b", "c", "d", "e", "f"} {
