@@ -320,14 +320,14 @@ func (p *publisher) produceAll(ctx context.Context, byPartition map[int][]*pendi
 		}
 		byLeader[leader][part] = qs
 	}
-	tr := p.transport
+	tr, addr := p.transport, p.client.Addr
 	failed := map[int][]*pending{}
 	var errs []error
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for _, parts := range byLeader {
 		wg.Go(func() {
-			refused := p.produce(ctx, tr, parts)
+			refused := p.produce(ctx, tr, addr, parts)
 			mu.Lock()
 			defer mu.Unlock()
 			for part, err := range refused {
@@ -342,7 +342,7 @@ func (p *publisher) produceAll(ctx context.Context, byPartition map[int][]*pendi
 
 // produce sends the records of partitions that share a leader in one request, and returns the error
 // of each partition that was not acknowledged.
-func (p *publisher) produce(ctx context.Context, tr *kafka.Transport, parts map[int][]*pending) map[int]error {
+func (p *publisher) produce(ctx context.Context, tr *kafka.Transport, addr net.Addr, parts map[int][]*pending) map[int]error {
 	ctx, cancel := context.WithTimeout(ctx, (produceTimeoutMs+produceDeadlineSlackMs)*time.Millisecond)
 	defer cancel()
 	req := &produceapi.Request{Acks: int16(kafka.RequireAll), Timeout: produceTimeoutMs,
@@ -352,7 +352,7 @@ func (p *publisher) produce(ctx context.Context, tr *kafka.Transport, parts map[
 		req.Topics[0].Partitions = append(req.Topics[0].Partitions,
 			produceapi.RequestPartition{Partition: int32(part), RecordSet: protocol.RecordSet{Records: recordsOf(qs, now)}})
 	}
-	m, err := tr.RoundTrip(ctx, kafka.TCP(p.brokers...), req)
+	m, err := tr.RoundTrip(ctx, addr, req)
 	refused := make(map[int]error, len(parts))
 	if err != nil {
 		for part := range parts {
