@@ -264,6 +264,7 @@ func (e *devEnv) serve(ctx context.Context) error {
 	// Profiles of the whole local system, for finding where its time goes (local mode only).
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	health.AddCheck("database", e.pool.Ping)
 	health.AddCheck("kafka", e.pingKafka)
 	gs := grpc.NewServer()

@@ -20,7 +20,9 @@ import (
 
 // Limits of a load run.
 const (
-	concurrencyMax     = 10_000
+	concurrencyMax = 10_000
+	// offeredPerSecMax bounds an open-loop rate: far beyond what one machine can answer.
+	offeredPerSecMax   = 1_000_000
 	latencySamplesMax  = 2_000_000
 	requestTimeoutMs   = 10_000
 	streamClientsMax   = 20_000
@@ -53,6 +55,54 @@ type Options struct {
 	// AcceptEncoding, when set, is sent as the Accept-Encoding header (e.g. "gzip", as browsers
 	// ask); the answer is counted as it arrives, not decompressed. Wire mode only.
 	AcceptEncoding string
+	// OfferedPerSec, when positive, offers this many requests a second in all, an open loop as
+	// wrk2 drives, instead of each client sending its next request as soon as the last is answered.
+	// Request i is due at start + i/OfferedPerSec and goes out on the first free client; its latency
+	// counts from when it was due, so a server that falls behind is charged for the wait too, not
+	// only for the requests it got to. This is how "sustains N requests/s with p99 under T" is
+	// measured: a closed loop only reports the latency at whatever rate the server saturates.
+	OfferedPerSec float64
+}
+
+// schedule hands out the run's requests: in a closed loop each is due when claimed; in an open
+// loop request i is due at start + i·interval, and none is due at or after end.
+type schedule struct {
+	start, end time.Time
+	interval   time.Duration
+	requests   int64
+	claimed    atomic.Int64
+}
+
+// next claims the next request and says when it is due; false once the run has no more.
+func (s *schedule) next() (time.Time, bool) {
+	i := s.claimed.Add(1) - 1
+	if s.requests > 0 && i >= s.requests {
+		return time.Time{}, false
+	}
+	if s.interval == 0 {
+		return time.Now(), true
+	}
+	due := s.start.Add(time.Duration(i) * s.interval)
+	if s.requests <= 0 && !due.Before(s.end) {
+		return time.Time{}, false
+	}
+	return due, true
+}
+
+// sleepUntil waits until t; false when ctx ends first.
+func sleepUntil(ctx context.Context, t time.Time) bool {
+	wait := time.Until(t)
+	if wait <= 0 {
+		return ctx.Err() == nil
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-timer.C:
+		return true
+	}
 }
 
 // getter makes one request and returns its latency, status and body bytes.
@@ -67,7 +117,10 @@ type Result struct {
 	Requests    int64
 	NotModified int64
 	// Errors counts transport errors and answers other than 200 and 304.
-	Errors         int64
+	Errors int64
+	// OfferedPerSec is the open loop's rate (0 for a closed loop): a server that keeps up answers
+	// RequestsPerSec close to it.
+	OfferedPerSec  float64
 	Bytes          int64
 	Elapsed        time.Duration
 	RequestsPerSec float64
@@ -76,8 +129,12 @@ type Result struct {
 
 // String summarizes the run on one line.
 func (r Result) String() string {
-	return fmt.Sprintf("%d requests in %v: %.0f req/s, p50 %v, p99 %v, max %v, %d not modified, %d errors",
-		r.Requests, r.Elapsed.Round(time.Millisecond), r.RequestsPerSec, r.P50, r.P99, r.Max, r.NotModified, r.Errors)
+	offered := ""
+	if r.OfferedPerSec > 0 {
+		offered = fmt.Sprintf(" (offered %.0f)", r.OfferedPerSec)
+	}
+	return fmt.Sprintf("%d requests in %v: %.0f req/s%s, p50 %v, p99 %v, max %v, %d not modified, %d errors",
+		r.Requests, r.Elapsed.Round(time.Millisecond), r.RequestsPerSec, offered, r.P50, r.P99, r.Max, r.NotModified, r.Errors)
 }
 
 // NewClient returns an HTTP client that keeps one idle connection per worker.
@@ -92,6 +149,9 @@ func NewClient(concurrency int) *http.Client {
 func Run(ctx context.Context, o Options) (Result, error) {
 	if o.URL == "" || o.Concurrency < 1 || o.Concurrency > concurrencyMax || (o.Requests <= 0 && o.Duration <= 0) {
 		return Result{}, fmt.Errorf("loadtest: need a URL, 1 to %d clients and a duration or request count", concurrencyMax)
+	}
+	if o.OfferedPerSec < 0 || o.OfferedPerSec > offeredPerSecMax {
+		return Result{}, fmt.Errorf("loadtest: an offered rate is 0 (closed loop) up to %d requests/s", offeredPerSecMax)
 	}
 	if o.AcceptEncoding != "" && !o.Wire {
 		return Result{}, fmt.Errorf("loadtest: AcceptEncoding needs Wire")
@@ -116,15 +176,17 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		defer cancel()
 	}
 	var (
-		remaining               atomic.Int64
 		requests, nm, errs, nbs atomic.Int64
 		mu                      sync.Mutex
 		all                     []time.Duration
 		wg                      sync.WaitGroup
 	)
-	remaining.Store(int64(o.Requests))
 	perWorkerMax := latencySamplesMax / o.Concurrency
-	start := time.Now()
+	sched := &schedule{start: time.Now(), requests: int64(o.Requests)}
+	sched.end = sched.start.Add(o.Duration)
+	if o.OfferedPerSec > 0 {
+		sched.interval = time.Duration(float64(time.Second) / o.OfferedPerSec)
+	}
 	for range o.Concurrency {
 		wg.Add(1)
 		go func() {
@@ -132,7 +194,12 @@ func Run(ctx context.Context, o Options) (Result, error) {
 			w := newGetter()
 			defer w.close()
 			lat := make([]time.Duration, 0, min(perWorkerMax, 1<<14))
-			for ctx.Err() == nil && (o.Requests <= 0 || remaining.Add(-1) >= 0) {
+			for ctx.Err() == nil {
+				due, ok := sched.next()
+				if !ok || !sleepUntil(ctx, due) {
+					break
+				}
+				late := time.Since(due) // waiting for a free client, in an open loop
 				d, status, n, err := w.get(ctx)
 				if ctx.Err() != nil && o.Requests <= 0 {
 					break // the run ended mid-request: not a measurement
@@ -146,7 +213,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 					nm.Add(1)
 				}
 				if len(lat) < perWorkerMax {
-					lat = append(lat, d)
+					lat = append(lat, late+d)
 				}
 			}
 			mu.Lock()
@@ -155,8 +222,9 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		}()
 	}
 	wg.Wait()
-	elapsed := time.Since(start)
-	res := Result{Requests: requests.Load(), NotModified: nm.Load(), Errors: errs.Load(), Bytes: nbs.Load(), Elapsed: elapsed}
+	elapsed := time.Since(sched.start)
+	res := Result{Requests: requests.Load(), NotModified: nm.Load(), Errors: errs.Load(), Bytes: nbs.Load(), Elapsed: elapsed,
+		OfferedPerSec: o.OfferedPerSec}
 	res.RequestsPerSec = float64(res.Requests) / elapsed.Seconds()
 	res.P50, res.P99, res.Max = percentiles(all)
 	if res.Requests > 0 && res.Errors == res.Requests {

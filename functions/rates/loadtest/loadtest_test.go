@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -119,5 +120,44 @@ func TestWireSendsAcceptEncoding(t *testing.T) {
 	}
 	if _, err := loadtest.Run(context.Background(), loadtest.Options{URL: srv.URL, Concurrency: 1, Requests: 1, AcceptEncoding: "gzip"}); err == nil {
 		t.Fatal("AcceptEncoding accepted without Wire")
+	}
+}
+
+// TestOpenLoopChargesTheWait offers 500 requests/s to one client of a server that stalls 40 ms on
+// one request. About 20 requests fall due during the stall, and in an open loop each counts its wait
+// from when it was due, so the p99 of 200 shows the stall; counted from when each went out, only the
+// stalled request would be slow and the p99 (the second slowest) would not. The loop never runs
+// ahead of the offered rate.
+func TestOpenLoopChargesTheWait(t *testing.T) {
+	const (
+		offeredPerSec = 500
+		requests      = 200
+		stallAt       = 50
+		stall         = 40 * time.Millisecond
+	)
+	var n atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if n.Add(1) == stallAt {
+			time.Sleep(stall)
+		}
+		fmt.Fprint(w, "ok")
+	}))
+	defer srv.Close()
+	res, err := loadtest.Run(context.Background(), loadtest.Options{URL: srv.URL, Concurrency: 1, Requests: requests,
+		Wire: true, OfferedPerSec: offeredPerSec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Requests != requests || res.Errors != 0 || res.Max < stall {
+		t.Fatalf("got %v", res)
+	}
+	if res.P99 < stall/2 {
+		t.Fatalf("p99 %v does not count the requests that waited behind the stall", res.P99)
+	}
+	if res.OfferedPerSec != offeredPerSec || res.RequestsPerSec > offeredPerSec*1.05 {
+		t.Fatalf("ran ahead of the offered rate: %v", res)
+	}
+	if _, err := loadtest.Run(context.Background(), loadtest.Options{URL: srv.URL, Concurrency: 1, Requests: 1, OfferedPerSec: -1}); err == nil {
+		t.Fatal("a negative rate was accepted")
 	}
 }
