@@ -16,6 +16,30 @@ func TestLoadConfigDefaults(t *testing.T) {
 	}
 }
 
+// TestGCSettings: kawase's collector target and the soft limit under a pod's memory limit apply unless
+// Go's own GOGC and GOMEMLIMIT are set.
+func TestGCSettings(t *testing.T) {
+	cases := []struct {
+		env     []string
+		percent int
+		limit   int64
+	}{
+		{nil, gcPercent, 0},
+		{[]string{"KAWASE_MEMORY_LIMIT=536870912"}, gcPercent, 536870912 / 100 * memoryLimitPercent},
+		{[]string{"GOGC=100", "KAWASE_MEMORY_LIMIT=536870912"}, 0, 536870912 / 100 * memoryLimitPercent},
+		{[]string{"GOGC=off", "GOMEMLIMIT=400MiB", "KAWASE_MEMORY_LIMIT=536870912"}, 0, 0},
+	}
+	for _, c := range cases {
+		cfg, err := loadConfig(c.env)
+		if err != nil {
+			t.Fatalf("%q: %v", c.env, err)
+		}
+		if cfg.GCPercent != c.percent || cfg.MemoryLimitBytes != c.limit {
+			t.Errorf("%q: GCPercent %d, MemoryLimitBytes %d; want %d, %d", c.env, cfg.GCPercent, cfg.MemoryLimitBytes, c.percent, c.limit)
+		}
+	}
+}
+
 func TestLoadConfigRefusesBadValues(t *testing.T) {
 	cases := map[string]string{
 		"KAWASE_MODE=staging":        "KAWASE_MODE",
@@ -26,6 +50,8 @@ func TestLoadConfigRefusesBadValues(t *testing.T) {
 		"KAWASE_PARIS=USD_JPY":       "unknown variable KAWASE_PARIS",
 		"KAWASE_LEADER_ELECTION=zk":  "KAWASE_LEADER_ELECTION",
 		"KAWASE_HTTP_ADDR=localhost": "KAWASE_HTTP_ADDR",
+		"KAWASE_MEMORY_LIMIT=512Mi":  "KAWASE_MEMORY_LIMIT",
+		"KAWASE_MEMORY_LIMIT=0":      "KAWASE_MEMORY_LIMIT",
 	}
 	for kv, want := range cases {
 		_, err := loadConfig([]string{kv})

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 )
 
@@ -55,6 +56,12 @@ func run(ctx context.Context, args []string) error {
 	cfg, err := loadConfig(os.Environ())
 	if err != nil {
 		return err
+	}
+	if cfg.GCPercent > 0 {
+		debug.SetGCPercent(cfg.GCPercent)
+	}
+	if cfg.MemoryLimitBytes > 0 {
+		debug.SetMemoryLimit(cfg.MemoryLimitBytes)
 	}
 	cmd, rest := args[0], args[1:]
 	switch cmd {

@@ -3,6 +3,7 @@ package manifest
 import (
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -76,6 +77,35 @@ func (s *Set) checkPodSecurity() []error {
 			if problems := containerProblems(p.spec.SecurityContext, c); len(problems) > 0 {
 				errs = append(errs, fmt.Errorf("%s: container %q: %w: %s",
 					p.owner, c.Name, ErrPodSecurity, joinProblems(problems)))
+			}
+		}
+	}
+	return errs
+}
+
+// memoryLimitEnv is the variable through which a kawase container learns its memory limit in bytes.
+const memoryLimitEnv = "KAWASE_MEMORY_LIMIT"
+
+// checkMemoryLimits requires every container with a memory limit to carry the same limit, in bytes,
+// in memoryLimitEnv, so the process keeps its heap under it instead of being killed for crossing it.
+func (s *Set) checkMemoryLimits() []error {
+	var errs []error
+	for _, p := range s.podSpecs() {
+		for _, c := range containers(p.spec) {
+			limit, ok := c.Resources.Limits[corev1.ResourceMemory]
+			if !ok {
+				continue
+			}
+			want := strconv.FormatInt(limit.Value(), 10)
+			got := "unset"
+			for _, e := range c.Env {
+				if e.Name == memoryLimitEnv {
+					got = strconv.Quote(e.Value)
+				}
+			}
+			if got != strconv.Quote(want) {
+				errs = append(errs, fmt.Errorf("%s: container %q: %w: %s is %s, want %q (limits.memory %s)",
+					p.owner, c.Name, ErrMemoryLimit, memoryLimitEnv, got, want, limit.String()))
 			}
 		}
 	}

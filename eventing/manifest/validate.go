@@ -35,6 +35,9 @@ var (
 	ErrDeadLetter = errors.New("no durable dead-letter sink")
 	// ErrNamespace marks an object outside the manifests' namespace, or a duplicate.
 	ErrNamespace = errors.New("bad namespace or name")
+	// ErrMemoryLimit marks a container whose KAWASE_MEMORY_LIMIT is missing or differs from its
+	// memory limit (Knative allows no resourceFieldRef to copy it, so the value is written out).
+	ErrMemoryLimit = errors.New("KAWASE_MEMORY_LIMIT does not match the memory limit")
 )
 
 // koPrefix starts an image reference that ko resolves to an image built from a Go package.
@@ -51,12 +54,14 @@ const resolvedImage = "ko.local/kawase@sha256:0000000000000000000000000000000000
 // A KafkaSource's spec.delivery is validated too, although the Kafka webhook skips it. Then every pod
 // must meet the restricted Pod Security Standard, every image must be a ko:// main package of this
 // module, every reference must resolve inside the Set, every KafkaSource and Subscription must have
-// an explicit retry schedule and a KafkaSink dead-letter sink, and every object must live in a
-// Namespace of the Set. All problems are returned, joined.
+// an explicit retry schedule and a KafkaSink dead-letter sink, every object must live in a
+// Namespace of the Set, and every container with a memory limit must tell kawase that limit in
+// KAWASE_MEMORY_LIMIT. All problems are returned, joined.
 func (s *Set) Validate(ctx context.Context) error {
 	errs := s.checkKnative(ctx)
 	for _, check := range []func() []error{
 		s.checkNamespaces, s.checkPodSecurity, s.checkImages, s.checkReferences, s.checkDeliveries,
+		s.checkMemoryLimits,
 	} {
 		errs = append(errs, check()...)
 	}

@@ -9,6 +9,7 @@ import (
 	"testing/fstest"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/utils/ptr"
 	kafkasourcesv1beta1 "knative.dev/eventing-kafka-broker/control-plane/pkg/apis/sources/v1beta1"
 	"knative.dev/eventing/pkg/apis/feature"
@@ -119,6 +120,12 @@ func TestValidateRejects(t *testing.T) {
 				return feature.ToContext(ctx, flags)
 			},
 			want: []error{ErrKnative}, mention: "must not set the field(s): spec.delivery.timeout"},
+		{name: "memory limit raised without KAWASE_MEMORY_LIMIT",
+			mutate: func(s *Set) {
+				container(s, "rates").Resources.Limits[corev1.ResourceMemory] = resource.MustParse("1Gi")
+			},
+			want:    []error{ErrMemoryLimit},
+			mention: `container "rates": KAWASE_MEMORY_LIMIT does not match the memory limit: KAWASE_MEMORY_LIMIT is "536870912", want "1073741824" (limits.memory 1Gi)`},
 		{name: "container runs as root",
 			mutate: func(s *Set) {
 				sc := container(s, "ledger").SecurityContext
