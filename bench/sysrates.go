@@ -47,6 +47,11 @@ func measureRatesGet(ctx context.Context, s *systemRun) ([]figure, error) {
 // so a change in the machine's other load during the run affects both alike.
 const ratesLoadRounds = 4
 
+// openLoopMissedMaxPercent: an open loop that leaves more than this share of its due requests
+// unanswered did not sustain its rate. A server that keeps up leaves only those in flight at the
+// end, a few dozen of a round's tens of thousands.
+const openLoopMissedMaxPercent = 1
+
 func measureRatesGetEncoding(ctx context.Context, s *systemRun, acceptEncoding, label string) ([]figure, error) {
 	url := s.dev.state.HTTP + "/v1/rates"
 	body, contentEncoding, err := boardBytes(ctx, url, acceptEncoding)
@@ -74,7 +79,7 @@ func measureRatesGetEncoding(ctx context.Context, s *systemRun, acceptEncoding, 
 	if err != nil {
 		return nil, err
 	}
-	note = fmt.Sprintf("goal: sustains %d req/s with p99 < 10 ms; open loop (as wrk2): %d req/s offered over %d clients, each request's latency counted from when it was due, so waiting for a free client counts too; %d rounds of %v alternating with the bare server; latency: worst round",
+	note = fmt.Sprintf("goal: sustains %d req/s with p99 < 10 ms; open loop (as wrk2): %d req/s offered over %d clients, each request's latency counted from when it was due, so waiting for a free client counts too, and so does the generator's own lateness in waking up; %d rounds of %v alternating with the bare server; latency: worst round",
 		ratesGoalReqPerSec, ratesGoalReqPerSec, ratesLoadClients, ratesLoadRounds, round)
 	at := fmt.Sprintf(" at %d req/s offered", ratesGoalReqPerSec)
 	figs = append(figs, open[0].figures(what+at, note)...)
@@ -102,6 +107,7 @@ func alternateRounds(ctx context.Context, url, bareURL, acceptEncoding string, o
 // rounds adds up the rounds of one server's load.
 type rounds struct {
 	requests, errors int64
+	missed           int64 // an open loop's requests due but not answered
 	elapsed          time.Duration
 	p50, p99         time.Duration // the worst round's
 }
@@ -109,6 +115,7 @@ type rounds struct {
 func (r *rounds) add(res loadtest.Result) {
 	r.requests += res.Requests
 	r.errors += res.Errors
+	r.missed += res.Missed
 	r.elapsed += res.Elapsed
 	r.p50, r.p99 = max(r.p50, res.P50), max(r.p99, res.P99)
 }
@@ -118,6 +125,9 @@ func (r *rounds) perSec() float64 { return float64(r.requests) / max(r.elapsed.S
 func (r *rounds) figures(what, note string) []figure {
 	if r.errors > 0 {
 		note += fmt.Sprintf("; %d of %d requests failed", r.errors, r.requests)
+	}
+	if r.missed*100 > (r.requests+r.missed)*openLoopMissedMaxPercent {
+		note += fmt.Sprintf("; NOT sustained: %d requests fell due and were not answered", r.missed)
 	}
 	return []figure{
 		{Name: what + " throughput", Value: f0(r.perSec()), Unit: "req/s", Note: note},

@@ -21,8 +21,10 @@ import (
 // Limits of a load run.
 const (
 	concurrencyMax = 10_000
-	// offeredPerSecMax bounds an open-loop rate: far beyond what one machine can answer.
-	offeredPerSecMax   = 1_000_000
+	// offeredMinPerSec and offeredMaxPerSec bound an open-loop rate: at least one request a second,
+	// at most far beyond what one machine can answer.
+	offeredMinPerSec   = 1
+	offeredMaxPerSec   = 1_000_000
 	latencySamplesMax  = 2_000_000
 	requestTimeoutMs   = 10_000
 	streamClientsMax   = 20_000
@@ -60,7 +62,9 @@ type Options struct {
 	// Request i is due at start + i/OfferedPerSec and goes out on the first free client; its latency
 	// counts from when it was due, so a server that falls behind is charged for the wait too, not
 	// only for the requests it got to. This is how "sustains N requests/s with p99 under T" is
-	// measured: a closed loop only reports the latency at whatever rate the server saturates.
+	// measured: a closed loop only reports the latency at whatever rate the server saturates. The
+	// generator's own lateness in waking up for a request counts too, so on a shared machine the
+	// figure is an upper bound.
 	OfferedPerSec float64
 }
 
@@ -73,14 +77,15 @@ type schedule struct {
 	claimed    atomic.Int64
 }
 
-// next claims the next request and says when it is due; false once the run has no more.
+// next claims the next request and says when it is due (the zero time in a closed loop, where it
+// is due at once); false once the run has no more.
 func (s *schedule) next() (time.Time, bool) {
 	i := s.claimed.Add(1) - 1
 	if s.requests > 0 && i >= s.requests {
 		return time.Time{}, false
 	}
 	if s.interval == 0 {
-		return time.Now(), true
+		return time.Time{}, true
 	}
 	due := s.start.Add(time.Duration(i) * s.interval)
 	if s.requests <= 0 && !due.Before(s.end) {
@@ -89,18 +94,33 @@ func (s *schedule) next() (time.Time, bool) {
 	return due, true
 }
 
-// sleepUntil waits until t; false when ctx ends first.
-func sleepUntil(ctx context.Context, t time.Time) bool {
+// due is how many requests an open loop has due in all: o.Requests, or those due before the end.
+func (s *schedule) due() int64 {
+	if s.requests > 0 {
+		return s.requests
+	}
+	return int64((s.end.Sub(s.start) + s.interval - 1) / s.interval)
+}
+
+// pacer sleeps a worker until its next request is due, with one timer for the whole run.
+type pacer struct{ timer *time.Timer }
+
+// until waits until t (at once for the zero time); false when ctx ends first.
+func (p *pacer) until(ctx context.Context, t time.Time) bool {
 	wait := time.Until(t)
-	if wait <= 0 {
+	if t.IsZero() || wait <= 0 {
 		return ctx.Err() == nil
 	}
-	timer := time.NewTimer(wait)
-	defer timer.Stop()
+	if p.timer == nil {
+		p.timer = time.NewTimer(wait)
+	} else {
+		p.timer.Reset(wait)
+	}
 	select {
 	case <-ctx.Done():
+		p.timer.Stop()
 		return false
-	case <-timer.C:
+	case <-p.timer.C:
 		return true
 	}
 }
@@ -120,7 +140,12 @@ type Result struct {
 	Errors int64
 	// OfferedPerSec is the open loop's rate (0 for a closed loop): a server that keeps up answers
 	// RequestsPerSec close to it.
-	OfferedPerSec  float64
+	OfferedPerSec float64
+	// Missed counts the open loop's requests that fell due but were not answered by the end: not
+	// sent because every client was still waiting, or still in flight. They are the latest of the
+	// run and have no latency to count, so a run with many is not sustaining its rate whatever its
+	// percentiles say.
+	Missed         int64
 	Bytes          int64
 	Elapsed        time.Duration
 	RequestsPerSec float64
@@ -131,7 +156,7 @@ type Result struct {
 func (r Result) String() string {
 	offered := ""
 	if r.OfferedPerSec > 0 {
-		offered = fmt.Sprintf(" (offered %.0f)", r.OfferedPerSec)
+		offered = fmt.Sprintf(" (offered %.0f, %d missed)", r.OfferedPerSec, r.Missed)
 	}
 	return fmt.Sprintf("%d requests in %v: %.0f req/s%s, p50 %v, p99 %v, max %v, %d not modified, %d errors",
 		r.Requests, r.Elapsed.Round(time.Millisecond), r.RequestsPerSec, offered, r.P50, r.P99, r.Max, r.NotModified, r.Errors)
@@ -150,8 +175,9 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	if o.URL == "" || o.Concurrency < 1 || o.Concurrency > concurrencyMax || (o.Requests <= 0 && o.Duration <= 0) {
 		return Result{}, fmt.Errorf("loadtest: need a URL, 1 to %d clients and a duration or request count", concurrencyMax)
 	}
-	if o.OfferedPerSec < 0 || o.OfferedPerSec > offeredPerSecMax {
-		return Result{}, fmt.Errorf("loadtest: an offered rate is 0 (closed loop) up to %d requests/s", offeredPerSecMax)
+	if r := o.OfferedPerSec; r != 0 && !(r >= offeredMinPerSec && r <= offeredMaxPerSec) {
+		return Result{}, fmt.Errorf("loadtest: an offered rate is 0 (closed loop) or %d to %d requests/s, not %v",
+			offeredMinPerSec, offeredMaxPerSec, r)
 	}
 	if o.AcceptEncoding != "" && !o.Wire {
 		return Result{}, fmt.Errorf("loadtest: AcceptEncoding needs Wire")
@@ -170,9 +196,14 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		}
 		newGetter = func() getter { return &worker{hc: hc, url: o.URL, revalidate: o.Revalidate} }
 	}
+	sched := &schedule{start: time.Now(), requests: int64(o.Requests)}
+	sched.end = sched.start.Add(o.Duration)
+	if o.OfferedPerSec > 0 {
+		sched.interval = time.Duration(float64(time.Second) / o.OfferedPerSec)
+	}
 	if o.Requests <= 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, o.Duration)
+		ctx, cancel = context.WithDeadline(ctx, sched.end)
 		defer cancel()
 	}
 	var (
@@ -182,11 +213,6 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		wg                      sync.WaitGroup
 	)
 	perWorkerMax := latencySamplesMax / o.Concurrency
-	sched := &schedule{start: time.Now(), requests: int64(o.Requests)}
-	sched.end = sched.start.Add(o.Duration)
-	if o.OfferedPerSec > 0 {
-		sched.interval = time.Duration(float64(time.Second) / o.OfferedPerSec)
-	}
 	for range o.Concurrency {
 		wg.Add(1)
 		go func() {
@@ -194,12 +220,16 @@ func Run(ctx context.Context, o Options) (Result, error) {
 			w := newGetter()
 			defer w.close()
 			lat := make([]time.Duration, 0, min(perWorkerMax, 1<<14))
+			var p pacer
 			for ctx.Err() == nil {
 				due, ok := sched.next()
-				if !ok || !sleepUntil(ctx, due) {
+				if !ok || !p.until(ctx, due) {
 					break
 				}
-				late := time.Since(due) // waiting for a free client, in an open loop
+				var late time.Duration // waiting for a free client, in an open loop
+				if !due.IsZero() {
+					late = time.Since(due)
+				}
 				d, status, n, err := w.get(ctx)
 				if ctx.Err() != nil && o.Requests <= 0 {
 					break // the run ended mid-request: not a measurement
@@ -226,6 +256,9 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	res := Result{Requests: requests.Load(), NotModified: nm.Load(), Errors: errs.Load(), Bytes: nbs.Load(), Elapsed: elapsed,
 		OfferedPerSec: o.OfferedPerSec}
 	res.RequestsPerSec = float64(res.Requests) / elapsed.Seconds()
+	if sched.interval > 0 {
+		res.Missed = max(0, sched.due()-res.Requests)
+	}
 	res.P50, res.P99, res.Max = percentiles(all)
 	if res.Requests > 0 && res.Errors == res.Requests {
 		return res, fmt.Errorf("loadtest: all %d requests to %s failed", res.Requests, o.URL)

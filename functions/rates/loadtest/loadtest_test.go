@@ -3,6 +3,7 @@ package loadtest_test
 import (
 	"context"
 	"fmt"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
@@ -157,7 +158,46 @@ func TestOpenLoopChargesTheWait(t *testing.T) {
 	if res.OfferedPerSec != offeredPerSec || res.RequestsPerSec > offeredPerSec*1.05 {
 		t.Fatalf("ran ahead of the offered rate: %v", res)
 	}
-	if _, err := loadtest.Run(context.Background(), loadtest.Options{URL: srv.URL, Concurrency: 1, Requests: 1, OfferedPerSec: -1}); err == nil {
-		t.Fatal("a negative rate was accepted")
+	for _, rate := range []float64{-1, math.NaN(), 1e-12, 2e6} {
+		if _, err := loadtest.Run(context.Background(), loadtest.Options{URL: srv.URL, Concurrency: 1, Requests: 1, OfferedPerSec: rate}); err == nil {
+			t.Errorf("rate %v was accepted", rate)
+		}
+	}
+}
+
+// TestOpenLoopCountsWhatFellDueUnanswered runs timed open loops: 150 requests fall due in 300 ms at
+// 500/s. A server that keeps up leaves none unanswered; one that takes 10 ms a request, with one
+// client, answers about 30 and the rest count as missed, so the run cannot pass for sustained.
+func TestOpenLoopCountsWhatFellDueUnanswered(t *testing.T) {
+	const (
+		offeredPerSec = 500
+		duration      = 300 * time.Millisecond
+		due           = 150
+	)
+	for _, slow := range []bool{false, true} {
+		t.Run(fmt.Sprintf("slow=%v", slow), func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if slow {
+					time.Sleep(10 * time.Millisecond)
+				}
+				fmt.Fprint(w, "ok")
+			}))
+			defer srv.Close()
+			clients := 4
+			if slow {
+				clients = 1
+			}
+			res, err := loadtest.Run(context.Background(), loadtest.Options{URL: srv.URL, Concurrency: clients,
+				Duration: duration, Wire: true, OfferedPerSec: offeredPerSec})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Requests > due || res.Requests+res.Missed != due || res.Errors != 0 {
+				t.Fatalf("want %d due in all, none beyond: %v", due, res)
+			}
+			if slow && res.Missed < due/2 {
+				t.Fatalf("a server at 100 requests/s left only %d of %d unanswered: %v", res.Missed, due, res)
+			}
+		})
 	}
 }
