@@ -31,9 +31,9 @@ const (
 // per rate and per request, so Go's default (collect when the heap has doubled) runs the collector
 // several times a second; each cycle stops the world twice and taxes the goroutines serving requests.
 // Letting the heap grow to five times the live data (gcPercent) measured a p99 of GET /v1/rates at
-// 20,000 req/s 2-3 ms lower. A pod's memory limit (KAWASE_MEMORY_LIMIT, from the downward API) caps
-// the heap at memoryLimitPercent of it, so the larger target never costs an OOM kill: near the limit
-// the collector runs as often as it must. GOGC and GOMEMLIMIT, when set, win.
+// 20,000 req/s 2-3 ms lower. A pod's memory limit (KAWASE_MEMORY_LIMIT, which each manifest writes
+// out) caps the heap at memoryLimitPercent of it: near the limit the collector runs as often as it
+// must, so the larger target does not make an OOM kill likely. GOGC and GOMEMLIMIT, when set, win.
 const (
 	gcPercent          = 400
 	memoryLimitPercent = 90
@@ -87,6 +87,7 @@ type config struct {
 	GCPercent int
 	// MemoryLimitBytes is the soft heap limit set at start-up: memoryLimitPercent of the container's
 	// memory limit (KAWASE_MEMORY_LIMIT, bytes); 0 (leave it) without one or when GOMEMLIMIT is set.
+	// A malformed KAWASE_MEMORY_LIMIT is refused even then.
 	MemoryLimitBytes int64
 }
 
@@ -165,7 +166,7 @@ func loadConfig(environ []string) (config, error) {
 // gcSettings derives the collector's settings from the environment: Go's own GOGC and GOMEMLIMIT
 // take precedence over kawase's defaults.
 func gcSettings(env map[string]string) (percent int, limitBytes int64, err error) {
-	if _, set := env["GOGC"]; !set {
+	if env["GOGC"] == "" { // Go reads an empty GOGC as unset too
 		percent = gcPercent
 	}
 	v := env["KAWASE_MEMORY_LIMIT"]
@@ -176,7 +177,7 @@ func gcSettings(env map[string]string) (percent int, limitBytes int64, err error
 	if perr != nil || limit <= 0 {
 		return percent, 0, fmt.Errorf("KAWASE_MEMORY_LIMIT must be a positive number of bytes, not %q", v)
 	}
-	if _, set := env["GOMEMLIMIT"]; set {
+	if env["GOMEMLIMIT"] != "" {
 		return percent, 0, nil
 	}
 	return percent, limit / 100 * memoryLimitPercent, nil

@@ -28,6 +28,7 @@ func TestGCSettings(t *testing.T) {
 		{[]string{"KAWASE_MEMORY_LIMIT=536870912"}, gcPercent, 536870912 / 100 * memoryLimitPercent},
 		{[]string{"GOGC=100", "KAWASE_MEMORY_LIMIT=536870912"}, 0, 536870912 / 100 * memoryLimitPercent},
 		{[]string{"GOGC=off", "GOMEMLIMIT=400MiB", "KAWASE_MEMORY_LIMIT=536870912"}, 0, 0},
+		{[]string{"GOGC=", "GOMEMLIMIT=", "KAWASE_MEMORY_LIMIT=536870912"}, gcPercent, 536870912 / 100 * memoryLimitPercent},
 	}
 	for _, c := range cases {
 		cfg, err := loadConfig(c.env)
@@ -52,6 +53,9 @@ func TestLoadConfigRefusesBadValues(t *testing.T) {
 		"KAWASE_HTTP_ADDR=localhost": "KAWASE_HTTP_ADDR",
 		"KAWASE_MEMORY_LIMIT=512Mi":  "KAWASE_MEMORY_LIMIT",
 		"KAWASE_MEMORY_LIMIT=0":      "KAWASE_MEMORY_LIMIT",
+	}
+	if _, err := loadConfig([]string{"GOMEMLIMIT=400MiB", "KAWASE_MEMORY_LIMIT=lots"}); err == nil {
+		t.Error("a malformed KAWASE_MEMORY_LIMIT was accepted because GOMEMLIMIT is set")
 	}
 	for kv, want := range cases {
 		_, err := loadConfig([]string{kv})

@@ -86,30 +86,48 @@ func (s *Set) checkPodSecurity() []error {
 // memoryLimitEnv is the variable through which a kawase container learns its memory limit in bytes.
 const memoryLimitEnv = "KAWASE_MEMORY_LIMIT"
 
-// checkMemoryLimits requires every container with a memory limit to carry the same limit, in bytes,
-// in memoryLimitEnv, so the process keeps its heap under it instead of being killed for crossing it.
+// checkMemoryLimits requires every container with a memory limit to pass that limit, in bytes, in
+// memoryLimitEnv (as a literal, or from the downward API where the kind allows it), so the process
+// keeps its heap under it instead of being killed for crossing it; and a container without a limit
+// not to pass a stale one.
 func (s *Set) checkMemoryLimits() []error {
 	var errs []error
 	for _, p := range s.podSpecs() {
 		for _, c := range containers(p.spec) {
-			limit, ok := c.Resources.Limits[corev1.ResourceMemory]
-			if !ok {
-				continue
-			}
-			want := strconv.FormatInt(limit.Value(), 10)
-			got := "unset"
-			for _, e := range c.Env {
-				if e.Name == memoryLimitEnv {
-					got = strconv.Quote(e.Value)
-				}
-			}
-			if got != strconv.Quote(want) {
-				errs = append(errs, fmt.Errorf("%s: container %q: %w: %s is %s, want %q (limits.memory %s)",
-					p.owner, c.Name, ErrMemoryLimit, memoryLimitEnv, got, want, limit.String()))
+			if problem := memoryLimitProblem(c); problem != "" {
+				errs = append(errs, fmt.Errorf("%s: container %q: %w: %s", p.owner, c.Name, ErrMemoryLimit, problem))
 			}
 		}
 	}
 	return errs
+}
+
+// memoryLimitProblem says what is wrong with a container's memoryLimitEnv, or "".
+func memoryLimitProblem(c corev1.Container) string {
+	var env *corev1.EnvVar
+	for i := range c.Env {
+		if c.Env[i].Name == memoryLimitEnv {
+			env = &c.Env[i]
+		}
+	}
+	limit, limited := c.Resources.Limits[corev1.ResourceMemory]
+	switch {
+	case !limited && env == nil:
+		return ""
+	case !limited:
+		return memoryLimitEnv + " is set but the container has no memory limit"
+	case env == nil:
+		return fmt.Sprintf("%s is unset, want %d (limits.memory %s)", memoryLimitEnv, limit.Value(), limit.String())
+	case env.ValueFrom != nil:
+		if ref := env.ValueFrom.ResourceFieldRef; ref != nil && ref.Resource == "limits.memory" &&
+			(ref.ContainerName == "" || ref.ContainerName == c.Name) && (ref.Divisor.IsZero() || ref.Divisor.Value() == 1) {
+			return ""
+		}
+		return memoryLimitEnv + " must come from this container's limits.memory in bytes"
+	case env.Value != strconv.FormatInt(limit.Value(), 10):
+		return fmt.Sprintf("%s is %q, want %d (limits.memory %s)", memoryLimitEnv, env.Value, limit.Value(), limit.String())
+	}
+	return ""
 }
 
 // podProblems lists the pod-level settings the restricted profile forbids.

@@ -2,6 +2,7 @@ package manifest
 
 import (
 	"context"
+	"slices"
 	"errors"
 	"io/fs"
 	"strings"
@@ -125,7 +126,18 @@ func TestValidateRejects(t *testing.T) {
 				container(s, "rates").Resources.Limits[corev1.ResourceMemory] = resource.MustParse("1Gi")
 			},
 			want:    []error{ErrMemoryLimit},
-			mention: `container "rates": KAWASE_MEMORY_LIMIT does not match the memory limit: KAWASE_MEMORY_LIMIT is "536870912", want "1073741824" (limits.memory 1Gi)`},
+			mention: `container "rates": KAWASE_MEMORY_LIMIT does not match the memory limit: KAWASE_MEMORY_LIMIT is "536870912", want 1073741824 (limits.memory 1Gi)`},
+		{name: "memory limit without KAWASE_MEMORY_LIMIT",
+			mutate: func(s *Set) {
+				c := container(s, "ledger")
+				c.Env = slices.DeleteFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == "KAWASE_MEMORY_LIMIT" })
+			},
+			want:    []error{ErrMemoryLimit},
+			mention: `container "ledger": KAWASE_MEMORY_LIMIT does not match the memory limit: KAWASE_MEMORY_LIMIT is unset, want 536870912 (limits.memory 512Mi)`},
+		{name: "KAWASE_MEMORY_LIMIT left behind a removed memory limit",
+			mutate:  func(s *Set) { delete(container(s, "relay").Resources.Limits, corev1.ResourceMemory) },
+			want:    []error{ErrMemoryLimit},
+			mention: `container "relay": KAWASE_MEMORY_LIMIT does not match the memory limit: KAWASE_MEMORY_LIMIT is set but the container has no memory limit`},
 		{name: "container runs as root",
 			mutate: func(s *Set) {
 				sc := container(s, "ledger").SecurityContext
