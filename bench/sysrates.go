@@ -47,6 +47,9 @@ func measureRatesGet(ctx context.Context, s *systemRun) ([]figure, error) {
 // so a change in the machine's other load during the run affects both alike.
 const ratesLoadRounds = 4
 
+// ratesLoadRound is how long each round drives one server.
+const ratesLoadRound = ratesLoadDurationS * time.Second / ratesLoadRounds
+
 // openLoopMissedMaxPercent: an open loop that leaves more than this share of its due requests
 // unanswered did not sustain its rate. A server that keeps up leaves only those in flight at the
 // end, a few dozen of a round's tens of thousands.
@@ -68,9 +71,8 @@ func measureRatesGetEncoding(ctx context.Context, s *systemRun, acceptEncoding, 
 	if err != nil {
 		return nil, err
 	}
-	round := ratesLoadDurationS * time.Second / ratesLoadRounds
 	note := fmt.Sprintf("the most it answers: closed loop, %d keep-alive clients each sending its next request when answered, %d rounds of %v alternating with the bare server, %d-byte answers, wrk-like load generator (raw HTTP/1.1) on the same cores; latency: worst round",
-		ratesLoadClients, ratesLoadRounds, round, len(body))
+		ratesLoadClients, ratesLoadRounds, ratesLoadRound, len(body))
 	figs := closed[0].figures(what, note)
 	figs = append(figs, closed[1].figures("bare net/http, same "+label+" bytes", "the ceiling of this machine for the same load")...)
 	figs = append(figs, figure{Name: what + " ÷ bare net/http", Value: strconv.FormatFloat(closed[0].perSec()/closed[1].perSec(), 'f', 2, 64),
@@ -80,7 +82,7 @@ func measureRatesGetEncoding(ctx context.Context, s *systemRun, acceptEncoding, 
 		return nil, err
 	}
 	note = fmt.Sprintf("goal: sustains %d req/s with p99 < 10 ms; open loop (as wrk2): %d req/s offered over %d clients, each request's latency counted from when it was due, so waiting for a free client counts too, and so does the generator's own lateness in waking up; %d rounds of %v alternating with the bare server; latency: worst round",
-		ratesGoalReqPerSec, ratesGoalReqPerSec, ratesLoadClients, ratesLoadRounds, round)
+		ratesGoalReqPerSec, ratesGoalReqPerSec, ratesLoadClients, ratesLoadRounds, ratesLoadRound)
 	at := fmt.Sprintf(" at %d req/s offered", ratesGoalReqPerSec)
 	figs = append(figs, open[0].figures(what+at, note)...)
 	return append(figs, open[1].figures("bare net/http, same "+label+" bytes"+at, "the same open loop")...), nil
@@ -91,12 +93,12 @@ func measureRatesGetEncoding(ctx context.Context, s *systemRun, acceptEncoding, 
 // server's. offeredPerSec 0 is a closed loop.
 func alternateRounds(ctx context.Context, url, bareURL, acceptEncoding string, offeredPerSec float64) ([2]rounds, error) {
 	var r [2]rounds
-	round := ratesLoadDurationS * time.Second / ratesLoadRounds
+	servers := [2]struct{ name, url string }{{"kawase", url}, {"bare net/http", bareURL}}
 	for range ratesLoadRounds {
-		for i, u := range []string{url, bareURL} {
-			res, err := getLoad(ctx, u, acceptEncoding, round, offeredPerSec)
+		for i, srv := range servers {
+			res, err := getLoad(ctx, srv.url, acceptEncoding, ratesLoadRound, offeredPerSec)
 			if err != nil {
-				return r, fmt.Errorf("%s: %w", []string{"kawase", "bare net/http"}[i], err)
+				return r, fmt.Errorf("%s: %w", srv.name, err)
 			}
 			r[i].add(res)
 		}

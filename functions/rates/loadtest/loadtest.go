@@ -107,8 +107,11 @@ type pacer struct{ timer *time.Timer }
 
 // until waits until t (at once for the zero time); false when ctx ends first.
 func (p *pacer) until(ctx context.Context, t time.Time) bool {
+	if t.IsZero() {
+		return ctx.Err() == nil
+	}
 	wait := time.Until(t)
-	if t.IsZero() || wait <= 0 {
+	if wait <= 0 {
 		return ctx.Err() == nil
 	}
 	if p.timer == nil {
