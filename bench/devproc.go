@@ -118,7 +118,8 @@ func startDev(ctx context.Context, bin, dir string) (*devProcess, error) {
 	}
 	p.cmd = exec.Command(bin, "dev")
 	p.cmd.Env, p.cmd.Stdout, p.cmd.Stderr = env, logf, logf
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Pdeathsig: if the bench dies, dev gets SIGTERM and stops its children and Postgres.
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := p.cmd.Start(); err != nil {
 		logf.Close()
 		return nil, fmt.Errorf("dev: start: %w", err)

@@ -41,6 +41,7 @@ type child struct {
 func startChild(t *testing.T, name, fixAddr, brokerAddr, dbURL string, pairs string) *child {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // dies with the test binary
 	cmd.Env = append(os.Environ(), childEnv+"="+name, childFIXEnv+"="+fixAddr, childBrokerEnv+"="+brokerAddr,
 		childDBEnv+"="+dbURL, childPairsEnv+"="+pairs)
 	stderr, err := cmd.StderrPipe()

@@ -938,6 +938,7 @@ func startKill9Extsim(t *testing.T, bin, dir, secret string) string {
 	t.Helper()
 	addr := freeAddr(t)
 	cmd := exec.Command(bin, "extsim", "-listen", addr, "-schedule", devExtsimSchedule, "-secret", secret)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // dies with the test binary
 	cmd.Env = append(os.Environ(), "KAWASE_LOG_LEVEL=warn")
 	logf, err := os.Create(filepath.Join(dir, "extsim.log"))
 	if err != nil {

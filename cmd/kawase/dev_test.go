@@ -118,6 +118,9 @@ type devProcess struct {
 func startDev(t *testing.T, bin, dataDir string, env []string) *devProcess {
 	t.Helper()
 	cmd := exec.Command(bin, "dev")
+	// If this test binary dies (a timeout's panic, a kill), dev gets SIGTERM and stops its own children
+	// and Postgres, instead of running on and starving the next test of the cores.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Env = append(cmd.Env, "KAWASE_DATA_DIR="+dataDir)
 	logf, err := os.Create(filepath.Join(dataDir, fmt.Sprintf("dev-%d.log", time.Now().UnixNano())))
