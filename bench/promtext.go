@@ -73,6 +73,30 @@ func (h histogram) minus(earlier histogram) histogram {
 	return d
 }
 
+// plus adds what other observed to h (same buckets); the zero histogram adds nothing.
+func (h histogram) plus(other histogram) histogram {
+	if h.count == 0 && len(h.bounds) == 0 {
+		return other
+	}
+	d := histogram{bounds: h.bounds, cumulative: slices.Clone(h.cumulative), sum: h.sum + other.sum, count: h.count + other.count}
+	if len(other.cumulative) == len(d.cumulative) {
+		for i := range d.cumulative {
+			d.cumulative[i] += other.cumulative[i]
+		}
+	}
+	return d
+}
+
+// shareAtMost is the share of observations at most bound, read off the bucket whose upper bound it
+// is; ok is false when no bucket ends there (the share would have to be interpolated).
+func (h histogram) shareAtMost(bound float64) (share float64, ok bool) {
+	i := slices.Index(h.bounds, bound)
+	if i < 0 || h.count == 0 {
+		return 0, false
+	}
+	return h.cumulative[i] / h.count, true
+}
+
 // quantile interpolates linearly inside the bucket holding quantile q, as PromQL's
 // histogram_quantile does; in the +Inf bucket it answers the highest finite bound.
 func (h histogram) quantile(q float64) float64 {

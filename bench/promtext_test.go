@@ -23,6 +23,26 @@ func TestHistogramQuantile(t *testing.T) {
 	}
 }
 
+func TestHistogramPlusAndShare(t *testing.T) {
+	a := histogramOf(map[string]float64{`x_bucket{le="0.01"}`: 10, `x_bucket{le="0.02"}`: 30, `x_bucket{le="+Inf"}`: 40,
+		"x_sum": 0.5, "x_count": 40}, "x")
+	b := histogramOf(map[string]float64{`x_bucket{le="0.01"}`: 50, `x_bucket{le="0.02"}`: 58, `x_bucket{le="+Inf"}`: 60,
+		"x_sum": 0.25, "x_count": 60}, "x")
+	sum := histogram{}.plus(a).plus(b)
+	if sum.count != 100 || sum.sum != 0.75 {
+		t.Fatalf("plus: count %v, sum %v", sum.count, sum.sum)
+	}
+	if share, ok := sum.shareAtMost(0.02); !ok || share != 0.88 {
+		t.Errorf("share at most 20 ms = %v, %v; want 0.88", share, ok)
+	}
+	if _, ok := sum.shareAtMost(0.015); ok {
+		t.Error("a bound that ends no bucket gave a share")
+	}
+	if a.count != 40 || a.cumulative[0] != 10 {
+		t.Errorf("plus changed its operand: %+v", a)
+	}
+}
+
 func TestPgbenchTPS(t *testing.T) {
 	out := "latency average = 6.9 ms\ninitial connection time = 12.3 ms\ntps = 1722.262932 (without initial connection time)\n"
 	if m := pgbenchTPS.FindStringSubmatch(out); m == nil || m[1] != "1722.262932" {

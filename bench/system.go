@@ -19,6 +19,8 @@ type systemRun struct {
 	figs []figure
 	// freshBefore is the freshness histogram before the rates loads.
 	freshBefore histogram
+	// freshAtGoal is what the freshness histogram grew by during kawase's open-loop GET rounds.
+	freshAtGoal histogram
 	// trade is what the trading load did, for the relay drain that follows it.
 	trade tradeOutcome
 }
@@ -36,6 +38,7 @@ var systemSteps = []systemStep{
 	{name: "freshness idle", run: measureFreshnessIdle},
 	{name: "freshness before", run: scrapeFreshnessBefore},
 	{name: "rates GET", run: measureRatesGet},
+	{name: "rates freshness at the goal's load", run: measureFreshnessAtGoal},
 	{name: "rates SSE", run: measureStream},
 	{name: "rates freshness", run: measureFreshness},
 	{name: "trading", run: measureTrading},
@@ -127,6 +130,9 @@ func openFileLimit() uint64 {
 
 // f1 formats a measurement with one decimal.
 func f1(v float64) string { return strconv.FormatFloat(v, 'f', 1, 64) }
+
+// f2 formats a measurement with two decimals.
+func f2(v float64) string { return strconv.FormatFloat(v, 'f', 2, 64) }
 
 // f0 formats a measurement rounded to a whole number.
 func f0(v float64) string { return strconv.FormatFloat(v, 'f', 0, 64) }
