@@ -318,8 +318,7 @@ func (e *engine) closeOut() {
 		e.out.Result.Status, e.out.Result.Reason = eventing.ResultRejected, ReasonNoPrice
 		return
 	}
-	level, ok := v.MarginLevel()
-	if !ok || !level.LessThan(closeoutMarginLevel) {
+	if !v.belowCloseout() {
 		e.out.Result.Status, e.out.Result.Reason = eventing.ResultRejected, ReasonMarginSufficient
 		return
 	}

@@ -230,6 +230,7 @@ type metrics struct {
 	published     prometheus.Counter
 	publishErrors prometheus.Counter
 	triggers      *prometheus.CounterVec
+	valuations    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -247,8 +248,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Outbox publishing rounds that failed and were retried."}),
 		triggers: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "kawase_ledger_watcher_commands_total",
 			Help: "Commands the watcher sent, by kind (trigger, expire, closeout)."}, []string{"kind"}),
+		valuations: prometheus.NewCounter(prometheus.CounterOpts{Name: "kawase_ledger_watcher_valuations_total",
+			Help: "Accounts the watcher valued exactly to screen for close-outs (all at each book reload, then only those near the line)."}),
 	}
-	for _, c := range []prometheus.Collector{m.commands, m.commandErrors, m.applySeconds, m.published, m.publishErrors, m.triggers} {
+	for _, c := range []prometheus.Collector{m.commands, m.commandErrors, m.applySeconds, m.published, m.publishErrors, m.triggers, m.valuations} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("ledger metrics: %w", err)
 		}

@@ -60,11 +60,63 @@ func roundAmount(v decimal.Decimal, c fx.Currency) decimal.Decimal {
 // pricer values amounts and positions at the quotes of a price source.
 type pricer struct {
 	prices PriceSource
+	// conversions, when not nil, remembers each conversion rate computed (see frozenPricer).
+	conversions map[[2]fx.Currency]conversionRate
+}
+
+// conversionRate is a remembered outcome of pricer.conversion.
+type conversionRate struct {
+	rate decimal.Decimal
+	err  error
+}
+
+// frozenPrices is a PriceSource that answers each pair as source did the first time it was asked,
+// so everything valued through it sees one set of quotes.
+type frozenPrices struct {
+	source PriceSource
+	quotes map[fx.Pair]frozenQuote
+}
+
+type frozenQuote struct {
+	q  Quote
+	ok bool
+}
+
+// Quote answers pair as the source did when first asked.
+func (f *frozenPrices) Quote(pair fx.Pair) (Quote, bool) {
+	if fq, seen := f.quotes[pair]; seen {
+		return fq.q, fq.ok
+	}
+	q, ok := f.source.Quote(pair)
+	f.quotes[pair] = frozenQuote{q, ok}
+	return q, ok
+}
+
+// frozenPricer values at the quotes of source as they are at its first use of each pair, and computes
+// each conversion rate once: the watcher values every account of a round with one, so the round
+// costs one conversion per currency instead of two per position, and all its accounts are judged at
+// the same prices. Not safe for concurrent use.
+func frozenPricer(source PriceSource) pricer {
+	return pricer{prices: &frozenPrices{source: source, quotes: make(map[fx.Pair]frozenQuote)},
+		conversions: make(map[[2]fx.Currency]conversionRate)}
 }
 
 // conversion returns how many units of to one unit of from is worth at mid prices: directly through
 // the pair from_to or to_from, else through the pivot currency.
 func (p pricer) conversion(from, to fx.Currency) (decimal.Decimal, error) {
+	if p.conversions == nil {
+		return p.convert(from, to)
+	}
+	key := [2]fx.Currency{from, to}
+	if c, ok := p.conversions[key]; ok {
+		return c.rate, c.err
+	}
+	rate, err := p.convert(from, to)
+	p.conversions[key] = conversionRate{rate, err}
+	return rate, err
+}
+
+func (p pricer) convert(from, to fx.Currency) (decimal.Decimal, error) {
 	if from == to {
 		return decimal.NewFromInt(1), nil
 	}
@@ -177,6 +229,12 @@ func (v valuation) MarginAvailable() decimal.Decimal {
 	return decimal.Max(v.NAV().Sub(v.MarginUsed), decimal.Zero)
 }
 
+// belowCloseout reports whether the margin level is below the close-out level, exactly (NAV below
+// margin used × closeoutMarginLevel, no division or rounding); never when no margin is used.
+func (v valuation) belowCloseout() bool {
+	return v.MarginUsed.IsPositive() && v.NAV().LessThan(v.MarginUsed.Mul(closeoutMarginLevel))
+}
+
 // MarginLevel is NAV / margin used; ok is false when no margin is used.
 func (v valuation) MarginLevel() (decimal.Decimal, bool) {
 	if !v.MarginUsed.IsPositive() {
@@ -189,7 +247,19 @@ func (v valuation) MarginLevel() (decimal.Decimal, bool) {
 // unrealized P&L at the price each position would close at (bid for longs, ask for shorts) and
 // margin at notional (base currency converted at mid) divided by the pair's leverage.
 func (p pricer) value(ccy fx.Currency, balance decimal.Decimal, positions map[fx.Pair]position, leverage func(fx.Pair) decimal.Decimal) (valuation, error) {
-	v := valuation{Balance: balance, PerPair: make(map[fx.Pair]pairValue, len(positions))}
+	return p.valuate(ccy, balance, positions, leverage, true)
+}
+
+// totals is value without PerPair, for screening many accounts.
+func (p pricer) totals(ccy fx.Currency, balance decimal.Decimal, positions map[fx.Pair]position, leverage func(fx.Pair) decimal.Decimal) (valuation, error) {
+	return p.valuate(ccy, balance, positions, leverage, false)
+}
+
+func (p pricer) valuate(ccy fx.Currency, balance decimal.Decimal, positions map[fx.Pair]position, leverage func(fx.Pair) decimal.Decimal, perPair bool) (valuation, error) {
+	v := valuation{Balance: balance}
+	if perPair {
+		v.PerPair = make(map[fx.Pair]pairValue, len(positions))
+	}
 	for pair, pos := range positions {
 		spec, err := fx.Lookup(pair)
 		if err != nil {
@@ -213,7 +283,9 @@ func (p pricer) value(ccy fx.Currency, balance decimal.Decimal, positions map[fx
 		}
 		upl := pos.Units.Mul(closeAt.Sub(pos.AveragePrice)).Mul(toAcct)
 		margin := pos.Units.Abs().Mul(baseToAcct).Div(leverage(pair))
-		v.PerPair[pair] = pairValue{UnrealizedPL: upl, MarginUsed: margin}
+		if perPair {
+			v.PerPair[pair] = pairValue{UnrealizedPL: upl, MarginUsed: margin}
+		}
 		v.UnrealizedPL = v.UnrealizedPL.Add(upl)
 		v.MarginUsed = v.MarginUsed.Add(margin)
 	}

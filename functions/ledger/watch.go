@@ -24,6 +24,9 @@ const (
 	leaderPollMs         = 2_000
 	leaderPingMs         = 2_000
 	watcherSendTimeoutMs = 10_000
+	// screenRebuildMs is how often the close-out screen values every account at fresh reference
+	// quotes; in between, the quotes' drift from the reference makes more accounts candidates.
+	screenRebuildMs = 5_000
 )
 
 // watcher turns what prices and time do to the book into commands on the accounts' partitions:
@@ -49,6 +52,10 @@ type watcher struct {
 	book   []pendingOrder
 	accts  []marginAccount
 	loaded time.Time
+	// screen holds the accounts' slack at its reference quotes (screen.go); nil until the first round.
+	screen *marginScreen
+	// reloaded is set when accts was reloaded since the screen last saw it.
+	reloaded bool
 }
 
 // pendingOrder is what the watcher needs of a pending order.
@@ -173,7 +180,7 @@ func (w *watcher) reload(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	w.book, w.accts = book, accts
+	w.book, w.accts, w.reloaded = book, accts, true
 	return nil
 }
 
@@ -234,7 +241,7 @@ func (w *watcher) evaluate(now time.Time) []cloudevents.Event {
 		out = append(out, e)
 	}
 	live := make(map[string]bool, len(w.book)+len(w.accts))
-	p := pricer{prices: w.l.prices}
+	p := frozenPricer(w.l.prices)
 	for i := range w.book {
 		o := &w.book[i].order
 		if cmd, kind, ok := w.orderCommand(p, o, now); ok {
@@ -242,17 +249,11 @@ func (w *watcher) evaluate(now time.Time) []cloudevents.Event {
 			send(cmd, kind)
 		}
 	}
-	for _, a := range w.accts {
-		v, err := p.value(a.Currency, a.Balance, a.Positions, w.l.leverage)
-		if err != nil {
-			continue
-		}
-		if level, ok := v.MarginLevel(); ok && level.LessThan(closeoutMarginLevel) {
-			cmd := eventing.OrderCommandV1{Kind: eventing.CommandCloseOut, AccountID: a.ID, RequestedAt: now,
-				CommandID: closeoutCommandPrefix + a.ID + ":" + strconv.FormatInt(a.TxSeq, 10) + ":" + strconv.FormatInt(now.Unix(), 10)}
-			live[sentKey(cmd.CommandID)] = true
-			send(cmd, "closeout")
-		}
+	for _, a := range w.belowCloseout(p, now) {
+		cmd := eventing.OrderCommandV1{Kind: eventing.CommandCloseOut, AccountID: a.ID, RequestedAt: now,
+			CommandID: closeoutCommandPrefix + a.ID + ":" + strconv.FormatInt(a.TxSeq, 10) + ":" + strconv.FormatInt(now.Unix(), 10)}
+		live[sentKey(cmd.CommandID)] = true
+		send(cmd, "closeout")
 	}
 	for k := range w.sent {
 		if !live[k] {
@@ -260,6 +261,36 @@ func (w *watcher) evaluate(now time.Time) []cloudevents.Event {
 		}
 	}
 	return out
+}
+
+// belowCloseout returns the accounts whose margin level is below the close-out level at p's quotes.
+// Every screenRebuildMs it values every account and keeps each one's slack at those quotes (the
+// reference); an account that a reload finds changed is valued again at the reference. Other rounds
+// value only the accounts whose slack the quotes' move from the reference may have used up; when
+// that is most of them, the next round rebuilds the reference.
+func (w *watcher) belowCloseout(p pricer, now time.Time) []marginAccount {
+	if w.screen == nil || now.Sub(w.screen.built) >= screenRebuildMs*time.Millisecond || now.Before(w.screen.built) {
+		screen, below := newMarginScreen(p, w.accts, w.l.leverage, now)
+		w.screen, w.reloaded = screen, false
+		w.l.m.valuations.Add(float64(len(w.accts)))
+		return below
+	}
+	if w.reloaded {
+		w.screen.update(w.accts, w.l.leverage)
+		w.reloaded = false
+	}
+	candidates := w.screen.candidates(w.screen.movePPB(p))
+	w.l.m.valuations.Add(float64(len(candidates)))
+	if len(candidates)*2 > len(w.screen.accts) {
+		w.screen.built = time.Time{}
+	}
+	var below []marginAccount
+	for _, a := range candidates {
+		if v, err := p.totals(a.Currency, a.Balance, a.Positions, w.l.leverage); err == nil && v.belowCloseout() {
+			below = append(below, a.marginAccount)
+		}
+	}
+	return below
 }
 
 // orderCommand is the command a pending order calls for at now, if any.
