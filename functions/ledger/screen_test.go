@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -37,10 +38,12 @@ func newScreenRig(t testing.TB, seed uint64, accounts int) *screenRig {
 		r.mids[s.Pair] = s.ReferenceMid
 	}
 	r.publish()
-	r.w = &watcher{l: &Ledger{cfg: cfg, prices: r.book, m: m}, sent: make(map[string]time.Time)}
+	r.w = newWatcher(&Ledger{cfg: cfg, prices: r.book, m: m}, nil)
+	t.Cleanup(r.w.close)
 	p := frozenPricer(r.book)
 	for i := range accounts {
-		r.w.accts = append(r.w.accts, r.account(p, i))
+		a := r.account(p, i)
+		r.w.accts[a.ID] = a
 	}
 	return r
 }
@@ -72,28 +75,28 @@ func (r *screenRig) account(p pricer, i int) marginAccount {
 	return a
 }
 
-// reload changes about 5% of the accounts (a new position, or a different balance, and the next
-// transaction sequence), closes about 1% and opens as many new ones, as a book reload finds them,
-// and returns the ids of the new and changed accounts.
-func (r *screenRig) reload() map[string]bool {
+// trade changes about 5% of the accounts (new positions and balance, and the next transaction
+// sequence), closes about 1% and opens as many new ones, as the watcher's reading of the notified
+// accounts finds them, and returns the ids it touched (for accountsChanged).
+func (r *screenRig) trade() map[string]bool {
 	p := frozenPricer(r.book)
-	var accts []marginAccount
 	touched := make(map[string]bool)
-	for _, a := range r.w.accts {
+	for _, id := range slices.Sorted(maps.Keys(r.w.accts)) {
+		a := r.w.accts[id]
 		switch n := r.rng.IntN(100); {
 		case n == 0:
-			a = r.account(p, r.next)
+			delete(r.w.accts, id)
+			opened := r.account(p, r.next)
 			r.next++
-			touched[a.ID] = true
+			r.w.accts[opened.ID] = opened
+			touched[id], touched[opened.ID] = true, true
 		case n < 6:
 			changed := r.account(p, 0)
 			changed.ID, changed.TxSeq = a.ID, a.TxSeq+1
-			a = changed
-			touched[a.ID] = true
+			r.w.accts[id] = changed
+			touched[id] = true
 		}
-		accts = append(accts, a)
 	}
-	r.w.accts, r.w.reloaded = accts, true
 	return touched
 }
 
@@ -142,14 +145,14 @@ func (r *screenRig) screenedBelow() (ids []string, valued int) {
 }
 
 // TestMarginScreenFindsEveryCloseout runs the watcher's screen for 15 s of 100 ms rounds while the
-// quotes of 50 pairs walk at random and a reload every 500 ms changes, opens and closes accounts,
+// quotes of 50 pairs walk at random and trading every 500 ms changes, opens and closes accounts,
 // and checks, every round, that the screen names exactly the accounts an exact valuation of every
 // account names. The accounts sit between 20% and 300% margin level, far closer to the line than
 // most real ones. It also checks that the walk takes accounts across the line (so the screen had
 // something to find), that the rounds pass through rebuilds of the reference, and that the screen
 // spared most valuations.
 func TestMarginScreenFindsEveryCloseout(t *testing.T) {
-	const accounts, rounds, reloadEvery = 400, 150, 5
+	const accounts, rounds, tradeEvery = 400, 150, 5
 	for seed := range uint64(4) {
 		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
 			r := newScreenRig(t, seed, accounts)
@@ -162,8 +165,9 @@ func TestMarginScreenFindsEveryCloseout(t *testing.T) {
 					r.walk(400) // up to 0.04% per round: a brisk market
 				}
 				touched := map[string]bool{}
-				if round%reloadEvery == reloadEvery-1 {
-					touched = r.reload()
+				if round%tradeEvery == tradeEvery-1 {
+					touched = r.trade()
+					r.w.accountsChanged(touched)
 				}
 				want := r.exactlyBelow()
 				got, n := r.screenedBelow()
@@ -282,10 +286,10 @@ func TestMarginScreenMoveCountsFallsAndGaps(t *testing.T) {
 // BenchmarkWatcherMarginScreen measures one watcher round over 10,000 accounts with 1 to 3
 // positions each: a rebuild of the reference (every account valued, every screenRebuildMs) and the
 // rounds in between (quotes walking up to 0.01% a round, about what 100 ms does in a busy market,
-// and a reload every BookRefresh changing about 5% of the accounts).
+// and every fifth round about 5% of the accounts changed by trading).
 func BenchmarkWatcherMarginScreen(b *testing.B) {
 	const accounts = 10_000
-	const reloadEveryRounds = defaultBookRefreshMs / defaultWatchIntervalMs
+	const tradeEveryRounds = 5
 	const rebuildEveryRounds = screenRebuildMs / defaultWatchIntervalMs
 	b.Run("rebuild", func(b *testing.B) {
 		r := newScreenRig(b, 1, accounts)
@@ -304,15 +308,17 @@ func BenchmarkWatcherMarginScreen(b *testing.B) {
 		for i := range b.N {
 			b.StopTimer()
 			r.now = r.now.Add(DefaultConfig().WatchInterval)
-			if i%rebuildEveryRounds == 0 { // timed by after-reload
+			if i%rebuildEveryRounds == 0 { // timed by "rebuild"
 				r.w.screen = nil
 				r.screenedBelow()
 			}
-			if i%reloadEveryRounds == 0 { // the book reloads every BookRefresh: changed accounts
-				r.reload()
+			touched := map[string]bool{}
+			if i%tradeEveryRounds == 0 {
+				touched = r.trade()
 			}
 			r.walk(100)
 			b.StartTimer()
+			r.w.accountsChanged(touched)
 			_, n := r.screenedBelow()
 			valued += n
 		}
