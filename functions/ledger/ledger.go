@@ -61,7 +61,7 @@ const (
 	defaultQuoteAgeMaxMs    = 5_000
 	defaultSweepIntervalMs  = 1_000
 	defaultWatchIntervalMs  = 100
-	defaultBookRefreshMs    = 30_000
+	defaultBookRefreshMs    = 500
 	defaultTriggerResendMs  = 5_000
 	commandApplyTimeoutMs   = 10_000
 	livePublishTimeoutMs    = 5_000
@@ -84,10 +84,7 @@ type Config struct {
 	Watch bool
 	// WatchInterval is how often the watcher evaluates the book at the latest quotes.
 	WatchInterval time.Duration
-	// BookRefresh is how often the watcher reloads every pending order and position from the
-	// database. Between those reloads it reloads only the accounts whose transactions committed since
-	// (each round notifies the watcher of its accounts), so this is a safety net, not the way changes
-	// arrive.
+	// BookRefresh is how often the watcher reloads pending orders and positions from the database.
 	BookRefresh time.Duration
 	// TriggerResend is how long the watcher waits before sending a command again for an order or
 	// account whose state has not changed (the first one was lost or is still queued).

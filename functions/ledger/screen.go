@@ -71,7 +71,7 @@ type marginScreen struct {
 
 // newMarginScreen values accts exactly at p's quotes, which become the reference, and returns the
 // screen with each account's slack and the accounts now below the close-out level.
-func newMarginScreen(p pricer, accts map[string]marginAccount, leverage func(fx.Pair) decimal.Decimal, now time.Time) (*marginScreen, []marginAccount) {
+func newMarginScreen(p pricer, accts []marginAccount, leverage func(fx.Pair) decimal.Decimal, now time.Time) (*marginScreen, []marginAccount) {
 	ref := p.prices.(*frozenPrices)
 	s := &marginScreen{ref: ref, built: now, accts: make([]screenedAccount, 0, len(accts)),
 		atRef: pricer{prices: referenceQuotes{ref}, conversions: p.conversions}}
@@ -87,23 +87,23 @@ func newMarginScreen(p pricer, accts map[string]marginAccount, leverage func(fx.
 	return s, below
 }
 
-// update screens again the accounts in ids, as accts now holds them (an account no longer there has
-// no positions left): each is valued at the reference quotes; one that needs a quote the reference
-// lacks gets no slack.
-func (s *marginScreen) update(ids map[string]bool, accts map[string]marginAccount, leverage func(fx.Pair) decimal.Decimal) {
-	kept := s.accts[:0]
+// update replaces the screen's accounts with accts: an account whose transaction sequence is the
+// one screened keeps its slack; a new or changed one is valued at the reference quotes (an account
+// that needs a quote the reference lacks gets no slack).
+func (s *marginScreen) update(accts []marginAccount, leverage func(fx.Pair) decimal.Decimal) {
+	screened := make(map[string]screenedAccount, len(s.accts))
 	for _, a := range s.accts {
-		if !ids[a.ID] {
-			kept = append(kept, a)
-		}
+		screened[a.ID] = a
 	}
-	for id := range ids {
-		if a, ok := accts[id]; ok {
-			slack, _ := s.atRef.slack(a, leverage)
-			kept = append(kept, screenedAccount{marginAccount: a, slackPPB: slackPPB(slack)})
+	s.accts = s.accts[:0:0]
+	for _, a := range accts {
+		if old, ok := screened[a.ID]; ok && old.TxSeq == a.TxSeq {
+			s.accts = append(s.accts, screenedAccount{marginAccount: a, slackPPB: old.slackPPB})
+			continue
 		}
+		slack, _ := s.atRef.slack(a, leverage)
+		s.accts = append(s.accts, screenedAccount{marginAccount: a, slackPPB: slackPPB(slack)})
 	}
-	s.accts = kept
 	s.sort()
 }
 

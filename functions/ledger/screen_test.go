@@ -2,7 +2,6 @@ package ledger
 
 import (
 	"fmt"
-	"maps"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -38,12 +37,10 @@ func newScreenRig(t testing.TB, seed uint64, accounts int) *screenRig {
 		r.mids[s.Pair] = s.ReferenceMid
 	}
 	r.publish()
-	r.w = newWatcher(&Ledger{cfg: cfg, prices: r.book, m: m}, nil)
-	t.Cleanup(r.w.close)
+	r.w = &watcher{l: &Ledger{cfg: cfg, prices: r.book, m: m}, sent: make(map[string]time.Time)}
 	p := frozenPricer(r.book)
 	for i := range accounts {
-		a := r.account(p, i)
-		r.w.accts[a.ID] = a
+		r.w.accts = append(r.w.accts, r.account(p, i))
 	}
 	return r
 }
@@ -75,28 +72,28 @@ func (r *screenRig) account(p pricer, i int) marginAccount {
 	return a
 }
 
-// trade changes about 5% of the accounts (new positions and balance, and the next transaction
-// sequence), closes about 1% and opens as many new ones, as the watcher's reading of the notified
-// accounts finds them, and returns the ids it touched (for accountsChanged).
-func (r *screenRig) trade() map[string]bool {
+// reload changes about 5% of the accounts (a new position, or a different balance, and the next
+// transaction sequence), closes about 1% and opens as many new ones, as a book reload finds them,
+// and returns the ids of the new and changed accounts.
+func (r *screenRig) reload() map[string]bool {
 	p := frozenPricer(r.book)
+	var accts []marginAccount
 	touched := make(map[string]bool)
-	for _, id := range slices.Sorted(maps.Keys(r.w.accts)) {
-		a := r.w.accts[id]
+	for _, a := range r.w.accts {
 		switch n := r.rng.IntN(100); {
 		case n == 0:
-			delete(r.w.accts, id)
-			opened := r.account(p, r.next)
+			a = r.account(p, r.next)
 			r.next++
-			r.w.accts[opened.ID] = opened
-			touched[id], touched[opened.ID] = true, true
+			touched[a.ID] = true
 		case n < 6:
 			changed := r.account(p, 0)
 			changed.ID, changed.TxSeq = a.ID, a.TxSeq+1
-			r.w.accts[id] = changed
-			touched[id] = true
+			a = changed
+			touched[a.ID] = true
 		}
+		accts = append(accts, a)
 	}
+	r.w.accts, r.w.reloaded = accts, true
 	return touched
 }
 
@@ -145,14 +142,14 @@ func (r *screenRig) screenedBelow() (ids []string, valued int) {
 }
 
 // TestMarginScreenFindsEveryCloseout runs the watcher's screen for 15 s of 100 ms rounds while the
-// quotes of 50 pairs walk at random and trading every 500 ms changes, opens and closes accounts,
+// quotes of 50 pairs walk at random and a reload every 500 ms changes, opens and closes accounts,
 // and checks, every round, that the screen names exactly the accounts an exact valuation of every
 // account names. The accounts sit between 20% and 300% margin level, far closer to the line than
 // most real ones. It also checks that the walk takes accounts across the line (so the screen had
 // something to find), that the rounds pass through rebuilds of the reference, and that the screen
 // spared most valuations.
 func TestMarginScreenFindsEveryCloseout(t *testing.T) {
-	const accounts, rounds, tradeEvery = 400, 150, 5
+	const accounts, rounds, reloadEvery = 400, 150, 5
 	for seed := range uint64(4) {
 		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
 			r := newScreenRig(t, seed, accounts)
@@ -165,9 +162,8 @@ func TestMarginScreenFindsEveryCloseout(t *testing.T) {
 					r.walk(400) // up to 0.04% per round: a brisk market
 				}
 				touched := map[string]bool{}
-				if round%tradeEvery == tradeEvery-1 {
-					touched = r.trade()
-					r.w.accountsChanged(touched)
+				if round%reloadEvery == reloadEvery-1 {
+					touched = r.reload()
 				}
 				want := r.exactlyBelow()
 				got, n := r.screenedBelow()
@@ -286,10 +282,10 @@ func TestMarginScreenMoveCountsFallsAndGaps(t *testing.T) {
 // BenchmarkWatcherMarginScreen measures one watcher round over 10,000 accounts with 1 to 3
 // positions each: a rebuild of the reference (every account valued, every screenRebuildMs) and the
 // rounds in between (quotes walking up to 0.01% a round, about what 100 ms does in a busy market,
-// and every fifth round about 5% of the accounts changed by trading).
+// and a reload every BookRefresh changing about 5% of the accounts).
 func BenchmarkWatcherMarginScreen(b *testing.B) {
 	const accounts = 10_000
-	const tradeEveryRounds = 5
+	const reloadEveryRounds = defaultBookRefreshMs / defaultWatchIntervalMs
 	const rebuildEveryRounds = screenRebuildMs / defaultWatchIntervalMs
 	b.Run("rebuild", func(b *testing.B) {
 		r := newScreenRig(b, 1, accounts)
@@ -308,17 +304,15 @@ func BenchmarkWatcherMarginScreen(b *testing.B) {
 		for i := range b.N {
 			b.StopTimer()
 			r.now = r.now.Add(DefaultConfig().WatchInterval)
-			if i%rebuildEveryRounds == 0 { // timed by "rebuild"
+			if i%rebuildEveryRounds == 0 { // timed by after-reload
 				r.w.screen = nil
 				r.screenedBelow()
 			}
-			touched := map[string]bool{}
-			if i%tradeEveryRounds == 0 {
-				touched = r.trade()
+			if i%reloadEveryRounds == 0 { // the book reloads every BookRefresh: changed accounts
+				r.reload()
 			}
 			r.walk(100)
 			b.StartTimer()
-			r.w.accountsChanged(touched)
 			_, n := r.screenedBelow()
 			valued += n
 		}

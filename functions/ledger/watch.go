@@ -3,15 +3,13 @@ package ledger
 import (
 	"context"
 	"fmt"
-	"maps"
-	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/segmentio/kafka-go"
 	"github.com/shopspring/decimal"
 
@@ -26,45 +24,10 @@ const (
 	leaderPollMs         = 2_000
 	leaderPingMs         = 2_000
 	watcherSendTimeoutMs = 10_000
-	// notifyDrainMinMs is the least time a round waits for notifications, so a round that overran
-	// its interval still reads those already arrived.
-	notifyDrainMinMs = 1
-	// changedAccountsMax bounds the accounts notified between two rounds; past it the next round reads
-	// the whole book instead.
-	changedAccountsMax = 20_000
 	// screenRebuildMs is how often the close-out screen values every account at fresh reference
 	// quotes; in between, the quotes' drift from the reference makes more accounts candidates.
 	screenRebuildMs = 5_000
 )
-
-// bookChannel is the channel rounds NOTIFY with the ids of the accounts they changed, comma-separated.
-const bookChannel = "kawase_ledger_book"
-
-// notifyPayloadBytesMax keeps a notification under PostgreSQL's 8000-byte payload limit.
-const notifyPayloadBytesMax = 7_900
-
-// queueBookNotify adds to b the notifications of a round that changed the accounts ids: as few as
-// fit the payload limit. They are delivered when (and only if) the round commits, in commit order.
-func queueBookNotify(b *pgx.Batch, ids []string) {
-	var payloads []string
-	var cur strings.Builder
-	for _, id := range ids {
-		if cur.Len() > 0 && cur.Len()+1+len(id) > notifyPayloadBytesMax {
-			payloads = append(payloads, cur.String())
-			cur.Reset()
-		}
-		if cur.Len() > 0 {
-			cur.WriteByte(',')
-		}
-		cur.WriteString(id)
-	}
-	if cur.Len() > 0 {
-		payloads = append(payloads, cur.String())
-	}
-	if len(payloads) > 0 {
-		b.Queue(`SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p`, bookChannel, payloads)
-	}
-}
 
 // watcher turns what prices and time do to the book into commands on the accounts' partitions:
 //
@@ -79,24 +42,20 @@ func queueBookNotify(b *pgx.Batch, ids []string) {
 // trigger) into one fill, and a trigger that finds its order no longer pending changes nothing.
 //
 // The watcher runs in the ledger's replicas; a PostgreSQL session advisory lock makes one of them
-// active. It holds the book (pending orders, accounts with positions) in memory and evaluates it at
-// the latest quotes every WatchInterval. It reads the whole book from the ledger's own tables when it
-// becomes active and every BookRefresh; in between, every round's transaction NOTIFYs bookChannel
-// with the accounts it changed, and the watcher reads just those again before its next evaluation.
-// So its database work follows the trading, not the number of accounts.
+// active. It reads the ledger's own tables (pending orders, positions) every BookRefresh and
+// evaluates them at the latest quotes every WatchInterval.
 type watcher struct {
 	l      *Ledger
 	writer *kafka.Writer
+	dirty  atomic.Bool
 	sent   map[string]time.Time
-	// book holds the pending orders by account, and accts the accounts with positions.
-	book  map[string][]pendingOrder
-	accts map[string]marginAccount
-	// loaded is when the whole book was last read; changed holds the accounts notified since.
-	loaded  time.Time
-	changed map[string]bool
-	// screen holds the accounts' slack at its reference quotes (screen.go); nil until the first round
-	// after a whole-book reload.
+	book   []pendingOrder
+	accts  []marginAccount
+	loaded time.Time
+	// screen holds the accounts' slack at its reference quotes (screen.go); nil until the first round.
 	screen *marginScreen
+	// reloaded is set when accts was reloaded since the screen last saw it.
+	reloaded bool
 }
 
 // pendingOrder is what the watcher needs of a pending order.
@@ -114,11 +73,13 @@ type marginAccount struct {
 }
 
 func newWatcher(l *Ledger, brokers []string) *watcher {
-	return &watcher{l: l, writer: cekafka.NewWriter(brokers, eventing.TopicCommands), sent: make(map[string]time.Time),
-		book: make(map[string][]pendingOrder), accts: make(map[string]marginAccount), changed: make(map[string]bool)}
+	return &watcher{l: l, writer: cekafka.NewWriter(brokers, eventing.TopicCommands), sent: make(map[string]time.Time)}
 }
 
 func (w *watcher) close() { _ = w.writer.Close() }
+
+// markDirty asks for a reload of the book at the next interval (a pending order was placed here).
+func (w *watcher) markDirty() { w.dirty.Store(true) }
 
 // run competes for the watcher lock and watches while holding it, until ctx ends.
 func (w *watcher) run(ctx context.Context) error {
@@ -159,24 +120,20 @@ func (w *watcher) lead(ctx context.Context) error {
 		case <-time.After(leaderPollMs * time.Millisecond):
 		}
 	}
-	// Listen before the first whole-book read: a change committed after it is notified, one
-	// committed before it is in the read.
-	if _, err := conn.Exec(ctx, "LISTEN "+bookChannel); err != nil {
-		return fmt.Errorf("watcher: listen: %w", err)
-	}
-	w.loaded = time.Time{}
 	w.l.log.Infow("watcher active")
 	return w.watch(ctx, conn)
 }
 
 func (w *watcher) watch(ctx context.Context, conn *pgx.Conn) error {
-	next := time.Now()
-	lastPing := next
+	tick := time.NewTicker(w.l.cfg.WatchInterval)
+	defer tick.Stop()
+	lastPing := time.Now()
 	for {
-		if err := w.collect(ctx, conn, next); err != nil {
-			return err
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
 		}
-		next = next.Add(w.l.cfg.WatchInterval)
 		if time.Since(lastPing) > leaderPingMs*time.Millisecond {
 			if err := conn.Ping(ctx); err != nil {
 				return fmt.Errorf("watcher lost its lock connection: %w", err)
@@ -186,47 +143,16 @@ func (w *watcher) watch(ctx context.Context, conn *pgx.Conn) error {
 		if err := w.tick(ctx, time.Now().UTC()); err != nil {
 			w.l.log.Warnw("watcher round failed", "error", err)
 		}
-		if now := time.Now(); next.Before(now) { // overran: no burst of rounds to catch up
-			next = now
-		}
 	}
 }
 
-// collect adds the accounts that committed rounds notify to w.changed until the deadline, or for
-// notifyDrainMinMs when the last round overran it. Past changedAccountsMax it asks for a whole-book
-// reload instead.
-func (w *watcher) collect(ctx context.Context, conn *pgx.Conn, deadline time.Time) error {
-	if earliest := time.Now().Add(notifyDrainMinMs * time.Millisecond); deadline.Before(earliest) {
-		deadline = earliest
-	}
-	for {
-		wctx, cancel := context.WithDeadline(ctx, deadline)
-		n, err := conn.WaitForNotification(wctx)
-		cancel()
-		switch {
-		case ctx.Err() != nil:
-			return ctx.Err()
-		case err != nil && pgconn.Timeout(err):
-			return nil
-		case err != nil:
-			return fmt.Errorf("watcher: wait for book changes: %w", err)
-		}
-		for id := range strings.SplitSeq(n.Payload, ",") {
-			if id != "" {
-				w.changed[id] = true
-			}
-		}
-		if len(w.changed) > changedAccountsMax {
-			w.loaded, w.changed = time.Time{}, make(map[string]bool)
-		}
-	}
-}
-
-// tick runs one round at now: read the whole book when due, else the accounts notified since the
-// last round, then send the commands the book calls for.
+// tick runs one round at now: reload the book when due, then send the commands it calls for.
 func (w *watcher) tick(ctx context.Context, now time.Time) error {
-	if err := w.refresh(ctx, now); err != nil {
-		return err
+	if w.dirty.Swap(false) || now.Sub(w.loaded) >= w.l.cfg.BookRefresh || now.Before(w.loaded) {
+		if err := w.reload(ctx); err != nil {
+			return err
+		}
+		w.loaded = now
 	}
 	events := w.evaluate(now)
 	if len(events) == 0 {
@@ -244,121 +170,56 @@ func (w *watcher) tick(ctx context.Context, now time.Time) error {
 	return nil
 }
 
-// refresh reads the whole book every BookRefresh (and first), else the notified accounts. A failed
-// read leaves the accounts to read for the next round.
-func (w *watcher) refresh(ctx context.Context, now time.Time) error {
-	if w.loaded.IsZero() || now.Sub(w.loaded) >= w.l.cfg.BookRefresh || now.Before(w.loaded) {
-		changed := w.changed
-		w.changed = make(map[string]bool)
-		if err := w.reload(ctx); err != nil {
-			w.changed = changed
-			return err
-		}
-		w.loaded, w.screen = now, nil
-		return nil
-	}
-	if len(w.changed) == 0 {
-		return nil
-	}
-	if err := w.reloadAccounts(ctx, w.changed); err != nil {
-		return err
-	}
-	w.accountsChanged(w.changed)
-	w.changed = make(map[string]bool)
-	return nil
-}
-
-// accountsChanged tells the screen that the accounts in ids were read again.
-func (w *watcher) accountsChanged(ids map[string]bool) {
-	if w.screen != nil {
-		w.screen.update(ids, w.accts, w.l.leverage)
-	}
-}
-
-// reload reads every pending order and every account with positions.
+// reload reads the pending orders and the accounts with positions.
 func (w *watcher) reload(ctx context.Context) error {
-	book, err := readPendingBook(ctx, w.l, nil)
+	book, err := readPendingBook(ctx, w.l)
 	if err != nil {
 		return err
 	}
-	accts, err := readMarginAccounts(ctx, w.l, nil)
+	accts, err := readMarginAccounts(ctx, w.l)
 	if err != nil {
 		return err
 	}
-	w.book, w.accts = book, accts
+	w.book, w.accts, w.reloaded = book, accts, true
 	return nil
 }
 
-// reloadAccounts reads again the pending orders and positions of the accounts in ids.
-func (w *watcher) reloadAccounts(ctx context.Context, ids map[string]bool) error {
-	list := slices.Collect(maps.Keys(ids))
-	book, err := readPendingBook(ctx, w.l, list)
-	if err != nil {
-		return err
-	}
-	accts, err := readMarginAccounts(ctx, w.l, list)
-	if err != nil {
-		return err
-	}
-	for _, id := range list {
-		delete(w.book, id)
-		delete(w.accts, id)
-	}
-	maps.Copy(w.book, book)
-	maps.Copy(w.accts, accts)
-	return nil
-}
-
-// readPendingBook reads the pending orders of the accounts in ids (all accounts when ids is nil), by
-// account, each account's in the order they were placed.
-func readPendingBook(ctx context.Context, l *Ledger, ids []string) (map[string][]pendingOrder, error) {
-	q, args := orderSelect+` WHERE o.status = 'pending' ORDER BY o.account_id, o.seq`, []any(nil)
-	if ids != nil {
-		q, args = orderSelect+` WHERE o.status = 'pending' AND o.account_id = ANY($1) ORDER BY o.account_id, o.seq`, []any{ids}
-	}
-	rows, err := l.pool.Query(ctx, q, args...)
+func readPendingBook(ctx context.Context, l *Ledger) ([]pendingOrder, error) {
+	rows, err := l.pool.Query(ctx, orderSelect+` WHERE o.status = 'pending'`)
 	if err != nil {
 		return nil, fmt.Errorf("watcher: read pending orders: %w", err)
 	}
 	defer rows.Close()
-	book := make(map[string][]pendingOrder)
+	var book []pendingOrder
 	for rows.Next() {
 		o, err := scanOrder(rows)
 		if err != nil {
 			return nil, fmt.Errorf("watcher: %w", err)
 		}
-		book[o.AccountID] = append(book[o.AccountID], pendingOrder{*o})
+		book = append(book, pendingOrder{*o})
 	}
 	return book, rows.Err()
 }
 
-// readMarginAccounts reads the accounts in ids that have positions (all of them when ids is nil).
-func readMarginAccounts(ctx context.Context, l *Ledger, ids []string) (map[string]marginAccount, error) {
-	const sel = `SELECT a.id, a.currency, a.balance, a.tx_seq, p.pair, p.units, p.average_price
-		FROM ledger.accounts a JOIN ledger.positions p ON p.account_id = a.id`
-	q, args := sel, []any(nil)
-	if ids != nil {
-		q, args = sel+` WHERE a.id = ANY($1)`, []any{ids}
-	}
-	rows, err := l.pool.Query(ctx, q, args...)
+func readMarginAccounts(ctx context.Context, l *Ledger) ([]marginAccount, error) {
+	rows, err := l.pool.Query(ctx, `SELECT a.id, a.currency, a.balance, a.tx_seq, p.pair, p.units, p.average_price
+		FROM ledger.accounts a JOIN ledger.positions p ON p.account_id = a.id ORDER BY a.id`)
 	if err != nil {
 		return nil, fmt.Errorf("watcher: read positions: %w", err)
 	}
 	defer rows.Close()
-	out := make(map[string]marginAccount)
+	var out []marginAccount
 	for rows.Next() {
 		var a marginAccount
 		var p position
 		if err := rows.Scan(&a.ID, &a.Currency, &a.Balance, &a.TxSeq, &p.Pair, &p.Units, &p.AveragePrice); err != nil {
 			return nil, fmt.Errorf("watcher: read positions: %w", err)
 		}
-		if known, ok := out[a.ID]; ok {
-			a = known
-		} else {
+		if n := len(out); n == 0 || out[n-1].ID != a.ID {
 			a.Positions = make(map[fx.Pair]position)
+			out = append(out, a)
 		}
-		a.Positions[p.Pair] = p
-		out[a.ID] = a
+		out[len(out)-1].Positions[p.Pair] = p
 	}
 	return out, rows.Err()
 }
@@ -381,12 +242,11 @@ func (w *watcher) evaluate(now time.Time) []cloudevents.Event {
 	}
 	live := make(map[string]bool, len(w.book)+len(w.accts))
 	p := frozenPricer(w.l.prices)
-	for _, orders := range w.book {
-		for i := range orders {
-			if cmd, kind, ok := w.orderCommand(p, &orders[i].order, now); ok {
-				live[sentKey(cmd.CommandID)] = true
-				send(cmd, kind)
-			}
+	for i := range w.book {
+		o := &w.book[i].order
+		if cmd, kind, ok := w.orderCommand(p, o, now); ok {
+			live[sentKey(cmd.CommandID)] = true
+			send(cmd, kind)
 		}
 	}
 	for _, a := range w.belowCloseout(p, now) {
@@ -405,15 +265,19 @@ func (w *watcher) evaluate(now time.Time) []cloudevents.Event {
 
 // belowCloseout returns the accounts whose margin level is below the close-out level at p's quotes.
 // Every screenRebuildMs it values every account and keeps each one's slack at those quotes (the
-// reference); an account read again since is valued again at the reference. Other rounds
+// reference); an account that a reload finds changed is valued again at the reference. Other rounds
 // value only the accounts whose slack the quotes' move from the reference may have used up; when
 // that is most of them, the next round rebuilds the reference.
 func (w *watcher) belowCloseout(p pricer, now time.Time) []marginAccount {
 	if w.screen == nil || now.Sub(w.screen.built) >= screenRebuildMs*time.Millisecond || now.Before(w.screen.built) {
 		screen, below := newMarginScreen(p, w.accts, w.l.leverage, now)
-		w.screen = screen
+		w.screen, w.reloaded = screen, false
 		w.l.m.valuations.Add(float64(len(w.accts)))
 		return below
+	}
+	if w.reloaded {
+		w.screen.update(w.accts, w.l.leverage)
+		w.reloaded = false
 	}
 	candidates := w.screen.candidates(w.screen.movePPB(p))
 	w.l.m.valuations.Add(float64(len(candidates)))
