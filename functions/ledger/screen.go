@@ -63,7 +63,10 @@ type screenedAccount struct {
 // marginScreen is the watcher's reference quotes and its accounts in order of slack.
 type marginScreen struct {
 	ref *frozenPrices
-	// atRef values at the reference quotes only, for accounts that change after the reference.
+	// atRef values accounts that change after the reference at its quotes. A pair it was not asked
+	// for until then is frozen at its quote of that moment and joins the reference, so movePPB
+	// follows it from there (answering "no quote" instead would send a conversion through the pivot,
+	// a path later rounds do not take).
 	atRef pricer
 	built time.Time
 	accts []screenedAccount
@@ -74,7 +77,7 @@ type marginScreen struct {
 func newMarginScreen(p pricer, accts []marginAccount, leverage func(fx.Pair) decimal.Decimal, now time.Time) (*marginScreen, []marginAccount) {
 	ref := p.prices.(*frozenPrices)
 	s := &marginScreen{ref: ref, built: now, accts: make([]screenedAccount, 0, len(accts)),
-		atRef: pricer{prices: referenceQuotes{ref}, conversions: p.conversions}}
+		atRef: pricer{prices: ref, conversions: p.conversions}}
 	var below []marginAccount
 	for _, a := range accts {
 		slack, isBelow := p.slack(a, leverage)
@@ -88,8 +91,7 @@ func newMarginScreen(p pricer, accts []marginAccount, leverage func(fx.Pair) dec
 }
 
 // update replaces the screen's accounts with accts: an account whose transaction sequence is the
-// one screened keeps its slack; a new or changed one is valued at the reference quotes (an account
-// that needs a quote the reference lacks gets no slack).
+// one screened keeps its slack; a new or changed one is valued at the reference quotes (see atRef).
 func (s *marginScreen) update(accts []marginAccount, leverage func(fx.Pair) decimal.Decimal) {
 	screened := make(map[string]screenedAccount, len(s.accts))
 	for _, a := range s.accts {
@@ -113,15 +115,6 @@ func (s *marginScreen) sort() {
 
 // slackPPB is a slack in parts per billion, rounded down.
 func slackPPB(slack decimal.Decimal) int64 { return slack.Mul(slackScale).Floor().IntPart() }
-
-// referenceQuotes answers only what the reference holds.
-type referenceQuotes struct{ ref *frozenPrices }
-
-// Quote is the reference's quote of pair, if it has one.
-func (r referenceQuotes) Quote(pair fx.Pair) (Quote, bool) {
-	fq := r.ref.quotes[pair]
-	return fq.q, fq.ok
-}
 
 // slack is how far every quote may move from p's before a could fall below the close-out level, and
 // whether it is below it now. An account that cannot be valued has no slack: it is valued every round.
@@ -174,9 +167,10 @@ func (p pricer) exposure(a marginAccount) (decimal.Decimal, error) {
 
 // movePPB is the largest relative move of any quote from the reference to p's quotes, in parts per
 // billion rounded up: |now − ref| / min(now, ref) over every bid and ask the reference holds, so a
-// fall counts as the rise that would undo it. It is the largest slack when a quote the reference had
-// is gone or not positive, or when a pair the reference lacked has a quote now (a valuation could
-// take another path).
+// fall counts as the rise that would undo it. The reference holds every pair a screened valuation
+// asked for, with or without a quote. It is the largest slack when a quote the reference had is gone
+// or not positive, or when a pair asked for without a quote has one now (a valuation could take
+// another path).
 func (s *marginScreen) movePPB(p pricer) int64 {
 	largest := decimal.Zero
 	for pair, ref := range s.ref.quotes {

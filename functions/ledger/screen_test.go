@@ -320,3 +320,56 @@ func BenchmarkWatcherMarginScreen(b *testing.B) {
 		b.ReportMetric(float64(valued)/float64(b.N), "valued/round")
 	})
 }
+
+// TestMarginScreenFollowsPairsFirstSeenAfterTheReference: an account that changes after the
+// reference and needs pairs the reference never asked for (here CHF_JPY and EUR_JPY for a JPY account
+// holding EUR_CHF, where the reference could convert through USD instead) is valued at their quotes
+// of that moment, and the screen follows their move from
+// there: EUR_JPY alone rising 25% must make it a candidate and find it below the close-out level.
+func TestMarginScreenFollowsPairsFirstSeenAfterTheReference(t *testing.T) {
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	book := NewQuoteBook()
+	set := func(pair fx.Pair, bid, ask string) {
+		book.Set(Quote{Pair: pair, Bid: decimal.RequireFromString(bid), Ask: decimal.RequireFromString(ask), Tradeable: true})
+	}
+	set("USD_JPY", "150.000", "150.010")
+	set("EUR_USD", "1.08000", "1.08010")
+	set("USD_CHF", "0.88000", "0.88010")
+	set("EUR_CHF", "0.95000", "0.95010")
+	set("CHF_JPY", "170.000", "170.020")
+	set("EUR_JPY", "162.000", "162.020")
+	w := newWatcher(&Ledger{cfg: DefaultConfig(), prices: book, m: m}, nil)
+	t.Cleanup(w.close)
+	now := time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)
+	w.accts = []marginAccount{{ID: "usd", Currency: CurrencyUSD, Balance: decimal.NewFromInt(1_000_000), TxSeq: 1,
+		Positions: map[fx.Pair]position{"EUR_CHF": {Pair: "EUR_CHF", Units: decimal.NewFromInt(10_000), AveragePrice: decimal.RequireFromString("0.95")},
+			"USD_JPY": {Pair: "USD_JPY", Units: decimal.NewFromInt(10_000), AveragePrice: decimal.RequireFromString("150")}}}}
+	if below := w.belowCloseout(frozenPricer(book), now); len(below) != 0 {
+		t.Fatalf("below at the reference: %v", below)
+	}
+	// A JPY account opens 1,000,000 EUR_CHF with NAV at 60% of its margin used.
+	jpy := marginAccount{ID: "jpy", Currency: CurrencyJPY, TxSeq: 1,
+		Positions: map[fx.Pair]position{"EUR_CHF": {Pair: "EUR_CHF", Units: decimal.NewFromInt(-1_000_000), AveragePrice: decimal.RequireFromString("0.95")}}}
+	v, err := frozenPricer(book).totals(jpy.Currency, decimal.Zero, jpy.Positions, w.l.leverage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jpy.Balance = v.MarginUsed.Mul(decimal.RequireFromString("0.6")).Sub(v.UnrealizedPL).Round(0)
+	w.accts = append(w.accts, jpy)
+	w.reloaded = true
+	if below := w.belowCloseout(frozenPricer(book), now.Add(100*time.Millisecond)); len(below) != 0 {
+		t.Fatalf("below before any move: %v", below)
+	}
+	set("EUR_JPY", "202.500", "202.525") // +25%: the short's margin and its loss in yen grow
+	p := frozenPricer(book)
+	if v, err := p.totals(jpy.Currency, jpy.Balance, jpy.Positions, w.l.leverage); err != nil || !v.belowCloseout() {
+		t.Fatalf("the move should put the account below: %+v, %v", v, err)
+	}
+	below := w.belowCloseout(p, now.Add(200*time.Millisecond))
+	if len(below) != 1 || below[0].ID != "jpy" {
+		t.Fatalf("screen found %v after EUR_JPY rose 25%%; want the JPY account", below)
+	}
+}
