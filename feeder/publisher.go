@@ -367,13 +367,10 @@ func (p *publisher) produce(ctx context.Context, tr *kafka.Transport, addr net.A
 			if _, sent := parts[part]; !sent || t.Topic != p.topic || acked[part] || refused[part] != nil {
 				continue // not asked for, or answered already
 			}
-			switch {
-			case rp.ErrorCode == 0:
+			if rp.ErrorCode == 0 {
 				acked[part] = true
-			case rp.ErrorMessage != "":
-				refused[part] = fmt.Errorf("%w: %s", kafka.Error(rp.ErrorCode), rp.ErrorMessage)
-			default:
-				refused[part] = kafka.Error(rp.ErrorCode)
+			} else {
+				refused[part] = partitionRefusal(rp)
 			}
 		}
 	}
@@ -449,4 +446,23 @@ func (c *fencedConn) Write(b []byte) (int, error) {
 		return 0, errFenced
 	}
 	return c.Conn.Write(b)
+}
+
+// recordErrorsShownMax bounds how many per-record errors a refusal's text quotes.
+const recordErrorsShownMax = 3
+
+// partitionRefusal is the error of a partition the broker refused: its code, its message, and the
+// first per-record errors (produce v8) that name which records it refused and why.
+func partitionRefusal(rp produceapi.ResponsePartition) error {
+	err := error(kafka.Error(rp.ErrorCode))
+	if rp.ErrorMessage != "" {
+		err = fmt.Errorf("%w: %s", err, rp.ErrorMessage)
+	}
+	for i, re := range rp.RecordErrors {
+		if i == recordErrorsShownMax {
+			return fmt.Errorf("%w; and %d more record errors", err, len(rp.RecordErrors)-i)
+		}
+		err = fmt.Errorf("%w; record %d: %s", err, re.BatchIndex, re.BatchIndexErrorMessage)
+	}
+	return err
 }
