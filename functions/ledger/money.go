@@ -261,19 +261,7 @@ func (p pricer) valuate(ccy fx.Currency, balance decimal.Decimal, positions map[
 		v.PerPair = make(map[fx.Pair]pairValue, len(positions))
 	}
 	for pair, pos := range positions {
-		spec, err := fx.Lookup(pair)
-		if err != nil {
-			return valuation{}, fmt.Errorf("value position: %w", err)
-		}
-		q, ok := p.prices.Quote(pair)
-		if !ok {
-			return valuation{}, fmt.Errorf("%w: %s", errNoQuote, pair)
-		}
-		closeAt := q.Bid
-		if pos.Units.IsNegative() {
-			closeAt = q.Ask
-		}
-		toAcct, err := p.conversion(spec.Quote, ccy)
+		spec, closeAt, toAcct, err := p.closing(pair, pos, ccy)
 		if err != nil {
 			return valuation{}, err
 		}
@@ -290,6 +278,25 @@ func (p pricer) valuate(ccy fx.Currency, balance decimal.Decimal, positions map[
 		v.MarginUsed = v.MarginUsed.Add(margin)
 	}
 	return v, nil
+}
+
+// closing is what valuing pos, the position in pair, in currency ccy starts from: its pair's spec, the price it would close
+// at (bid for a long, ask for a short) and the conversion from the pair's quote currency to ccy.
+func (p pricer) closing(pair fx.Pair, pos position, ccy fx.Currency) (spec fx.PairSpec, closeAt, toAcct decimal.Decimal, err error) {
+	spec, err = fx.Lookup(pair)
+	if err != nil {
+		return spec, closeAt, toAcct, fmt.Errorf("value position: %w", err)
+	}
+	q, ok := p.prices.Quote(pair)
+	if !ok {
+		return spec, closeAt, toAcct, fmt.Errorf("%w: %s", errNoQuote, pair)
+	}
+	closeAt = q.Bid
+	if pos.Units.IsNegative() {
+		closeAt = q.Ask
+	}
+	toAcct, err = p.conversion(spec.Quote, ccy)
+	return spec, closeAt, toAcct, err
 }
 
 // executable is the quote's price for side: the ask for a buy, the bid for a sell. It refuses a quote

@@ -143,19 +143,7 @@ func (p pricer) slack(a marginAccount, leverage func(fx.Pair) decimal.Decimal) (
 func (p pricer) exposure(a marginAccount) (decimal.Decimal, error) {
 	sum := decimal.Zero
 	for pair, pos := range a.Positions {
-		spec, err := fx.Lookup(pair)
-		if err != nil {
-			return decimal.Zero, err
-		}
-		q, ok := p.prices.Quote(pair)
-		if !ok {
-			return decimal.Zero, errNoQuote
-		}
-		closeAt := q.Bid
-		if pos.Units.IsNegative() {
-			closeAt = q.Ask
-		}
-		toAcct, err := p.conversion(spec.Quote, a.Currency)
+		_, closeAt, toAcct, err := p.closing(pair, pos, a.Currency)
 		if err != nil {
 			return decimal.Zero, err
 		}
