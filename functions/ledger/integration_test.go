@@ -43,6 +43,8 @@ type env struct {
 	cfg     ledger.Config
 	l       *ledger.Ledger
 	srv     *httptest.Server
+	// reg holds the metrics of the last ledger newLedger built.
+	reg *prometheus.Registry
 }
 
 func testConfig() ledger.Config {
@@ -52,6 +54,8 @@ func testConfig() ledger.Config {
 	cfg.SweepInterval = 200 * time.Millisecond
 	cfg.WatchInterval = 20 * time.Millisecond
 	cfg.BookRefresh = 50 * time.Millisecond
+	// The whole book is read once, at start: every later read is of the accounts the change log names.
+	cfg.BookReload = time.Hour
 	cfg.TriggerResend = 300 * time.Millisecond
 	return cfg
 }
@@ -88,8 +92,9 @@ func newEnv(t *testing.T, cfg ledger.Config) *env {
 
 func (e *env) newLedger(t *testing.T) *ledger.Ledger {
 	t.Helper()
+	e.reg = prometheus.NewRegistry()
 	l, err := ledger.New(e.cfg, ledger.Deps{Pool: e.pool, Prices: e.book, Brokers: e.brokers, Log: zap.NewNop().Sugar(),
-		Registry: prometheus.NewRegistry()})
+		Registry: e.reg})
 	if err != nil {
 		t.Fatal(err)
 	}

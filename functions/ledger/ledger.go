@@ -62,6 +62,7 @@ const (
 	defaultSweepIntervalMs  = 1_000
 	defaultWatchIntervalMs  = 100
 	defaultBookRefreshMs    = 500
+	defaultBookReloadMs     = 60_000
 	defaultTriggerResendMs  = 5_000
 	commandApplyTimeoutMs   = 10_000
 	livePublishTimeoutMs    = 5_000
@@ -84,8 +85,12 @@ type Config struct {
 	Watch bool
 	// WatchInterval is how often the watcher evaluates the book at the latest quotes.
 	WatchInterval time.Duration
-	// BookRefresh is how often the watcher reloads pending orders and positions from the database.
+	// BookRefresh is how often the watcher reads what changed in the book (the pending orders and
+	// positions of the accounts changed since its previous read).
 	BookRefresh time.Duration
+	// BookReload is how often the watcher reads the whole book instead: a bound on how long a change
+	// made outside the ledger's own writes (say, by hand in SQL) could go unseen.
+	BookReload time.Duration
 	// TriggerResend is how long the watcher waits before sending a command again for an order or
 	// account whose state has not changed (the first one was lost or is still queued).
 	TriggerResend time.Duration
@@ -100,6 +105,7 @@ func DefaultConfig() Config {
 		Watch:           true,
 		WatchInterval:   defaultWatchIntervalMs * time.Millisecond,
 		BookRefresh:     defaultBookRefreshMs * time.Millisecond,
+		BookReload:      defaultBookReloadMs * time.Millisecond,
 		TriggerResend:   defaultTriggerResendMs * time.Millisecond,
 	}
 }
@@ -116,7 +122,7 @@ func (c Config) check() error {
 			return fmt.Errorf("ledger config: leverage of %s must be positive", p)
 		}
 	}
-	if c.QuoteAgeMax <= 0 || c.SweepInterval <= 0 || c.WatchInterval <= 0 || c.BookRefresh <= 0 || c.TriggerResend <= 0 {
+	if c.QuoteAgeMax <= 0 || c.SweepInterval <= 0 || c.WatchInterval <= 0 || c.BookRefresh <= 0 || c.BookReload <= 0 || c.TriggerResend <= 0 {
 		return errors.New("ledger config: durations must be positive")
 	}
 	return nil
@@ -165,10 +171,10 @@ func New(cfg Config, d Deps) (*Ledger, error) {
 	return l, nil
 }
 
-// Run publishes the outbox (sweeping it at once, for rows a previous process left) and, when
-// configured, runs the watcher, until ctx ends.
+// Run publishes the outbox (sweeping it at once, for rows a previous process left), prunes the book's
+// change log and, when configured, runs the watcher, until ctx ends.
 func (l *Ledger) Run(ctx context.Context) error {
-	fns := []func(context.Context) error{l.pub.run}
+	fns := []func(context.Context) error{l.pub.run, l.pruneBookChanges}
 	if l.cfg.Watch {
 		fns = append(fns, l.watch.run)
 	}
@@ -231,6 +237,8 @@ type metrics struct {
 	publishErrors prometheus.Counter
 	triggers      *prometheus.CounterVec
 	valuations    prometheus.Counter
+	bookReads     *prometheus.CounterVec
+	watcherErrors *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -249,9 +257,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		triggers: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "kawase_ledger_watcher_commands_total",
 			Help: "Commands the watcher sent, by kind (trigger, expire, closeout)."}, []string{"kind"}),
 		valuations: prometheus.NewCounter(prometheus.CounterOpts{Name: "kawase_ledger_watcher_valuations_total",
-			Help: "Accounts the watcher valued exactly to screen for close-outs (all at each book reload, then only those near the line)."}),
+			Help: "Accounts the watcher valued exactly to screen for close-outs (all at each screen rebuild, then only those near the line)."}),
+		bookReads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "kawase_ledger_watcher_book_reads_total",
+			Help: "Reads of the book by the watcher, by kind: full (every pending order and position) or changes (only the accounts changed since the previous read)."},
+			[]string{"kind"}),
+		watcherErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "kawase_ledger_watcher_errors_total",
+			Help: "Watcher rounds and change-log prunes that failed and were tried again, by stage (round, prune)."},
+			[]string{"stage"}),
 	}
-	for _, c := range []prometheus.Collector{m.commands, m.commandErrors, m.applySeconds, m.published, m.publishErrors, m.triggers, m.valuations} {
+	for _, c := range []prometheus.Collector{m.commands, m.commandErrors, m.applySeconds, m.published, m.publishErrors, m.triggers, m.valuations,
+		m.bookReads, m.watcherErrors} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("ledger metrics: %w", err)
 		}

@@ -42,7 +42,8 @@ const (
 // trigger) into one fill, and a trigger that finds its order no longer pending changes nothing.
 //
 // The watcher runs in the ledger's replicas; a PostgreSQL session advisory lock makes one of them
-// active. It reads the ledger's own tables (pending orders, positions) every BookRefresh and
+// active. It reads the ledger's own tables (pending orders, positions) in whole at start and every
+// BookReload, in between every BookRefresh only the accounts the change log (changes.go) names, and
 // evaluates them at the latest quotes every WatchInterval.
 type watcher struct {
 	l      *Ledger
@@ -52,6 +53,10 @@ type watcher struct {
 	book   []pendingOrder
 	accts  []marginAccount
 	loaded time.Time
+	// snapshot is the database snapshot of the last read of the book (pg_snapshot as text; empty:
+	// the next read is of the whole book), and fullAt the time of the last whole read.
+	snapshot string
+	fullAt   time.Time
 	// screen holds the accounts' slack at its reference quotes (screen.go); nil until the first round.
 	screen *marginScreen
 	// reloaded is set when accts was reloaded since the screen last saw it.
@@ -125,6 +130,7 @@ func (w *watcher) lead(ctx context.Context) error {
 }
 
 func (w *watcher) watch(ctx context.Context, conn *pgx.Conn) error {
+	w.snapshot = "" // a new term starts from the whole book
 	tick := time.NewTicker(w.l.cfg.WatchInterval)
 	defer tick.Stop()
 	lastPing := time.Now()
@@ -141,7 +147,8 @@ func (w *watcher) watch(ctx context.Context, conn *pgx.Conn) error {
 			lastPing = time.Now()
 		}
 		if err := w.tick(ctx, time.Now().UTC()); err != nil {
-			w.l.log.Warnw("watcher round failed", "error", err)
+			w.l.m.watcherErrors.WithLabelValues("round").Inc()
+			w.l.log.Warnw("watcher round failed; the next round tries again", "error", err)
 		}
 	}
 }
@@ -149,10 +156,19 @@ func (w *watcher) watch(ctx context.Context, conn *pgx.Conn) error {
 // tick runs one round at now: reload the book when due, then send the commands it calls for.
 func (w *watcher) tick(ctx context.Context, now time.Time) error {
 	if w.dirty.Swap(false) || now.Sub(w.loaded) >= w.l.cfg.BookRefresh || now.Before(w.loaded) {
-		if err := w.reload(ctx); err != nil {
+		full := w.snapshot == "" || now.Sub(w.fullAt) >= w.l.cfg.BookReload || now.Before(w.fullAt) ||
+			now.Sub(w.loaded) >= bookChangesGapMaxMs*time.Millisecond
+		read := w.readChanges
+		if full {
+			read = w.reload
+		}
+		if err := read(ctx); err != nil {
+			w.snapshot = "" // read the whole book next time
 			return err
 		}
-		w.loaded = now
+		if w.loaded = now; full {
+			w.fullAt = now
+		}
 	}
 	events := w.evaluate(now)
 	if len(events) == 0 {
@@ -170,22 +186,62 @@ func (w *watcher) tick(ctx context.Context, now time.Time) error {
 	return nil
 }
 
-// reload reads the pending orders and the accounts with positions.
+// reload reads every pending order and every account with positions, after taking the snapshot
+// that the next readChanges starts from.
 func (w *watcher) reload(ctx context.Context) error {
-	book, err := readPendingBook(ctx, w.l)
+	snap, err := readBookSnapshot(ctx, w.l.pool)
 	if err != nil {
 		return err
 	}
-	accts, err := readMarginAccounts(ctx, w.l)
+	book, err := readPendingBook(ctx, w.l, nil)
 	if err != nil {
 		return err
 	}
-	w.book, w.accts, w.reloaded = book, accts, true
+	accts, err := readMarginAccounts(ctx, w.l, nil)
+	if err != nil {
+		return err
+	}
+	w.book, w.accts, w.reloaded, w.snapshot = book, accts, true, snap
+	w.l.m.bookReads.WithLabelValues("full").Inc()
 	return nil
 }
 
-func readPendingBook(ctx context.Context, l *Ledger) ([]pendingOrder, error) {
-	rows, err := l.pool.Query(ctx, orderSelect+` WHERE o.status = 'pending'`)
+// readChanges reads again the pending orders and positions of the accounts changed since the last
+// read. Those reads may see later changes too; the next readChanges reads those accounts again.
+func (w *watcher) readChanges(ctx context.Context) error {
+	ids, snap, err := readBookChanges(ctx, w.l.pool, w.snapshot)
+	if err != nil {
+		return err
+	}
+	w.l.m.bookReads.WithLabelValues("changes").Inc()
+	if len(ids) == 0 {
+		w.snapshot = snap
+		return nil
+	}
+	book, err := readPendingBook(ctx, w.l, ids)
+	if err != nil {
+		return err
+	}
+	accts, err := readMarginAccounts(ctx, w.l, ids)
+	if err != nil {
+		return err
+	}
+	changed := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		changed[id] = true
+	}
+	w.book, w.accts = splicePending(w.book, changed, book), spliceAccounts(w.accts, changed, accts)
+	w.reloaded, w.snapshot = true, snap
+	return nil
+}
+
+// readPendingBook reads the pending orders of the accounts in ids (nil: of every account).
+func readPendingBook(ctx context.Context, l *Ledger, ids []string) ([]pendingOrder, error) {
+	sql, args := orderSelect+` WHERE o.status = 'pending'`, []any(nil)
+	if ids != nil { // separate statements, so each keeps a plan of its own
+		sql, args = sql+` AND o.account_id = ANY($1)`, []any{ids}
+	}
+	rows, err := l.pool.Query(ctx, sql, args...)
 	if err != nil {
 		return nil, fmt.Errorf("watcher: read pending orders: %w", err)
 	}
@@ -201,9 +257,14 @@ func readPendingBook(ctx context.Context, l *Ledger) ([]pendingOrder, error) {
 	return book, rows.Err()
 }
 
-func readMarginAccounts(ctx context.Context, l *Ledger) ([]marginAccount, error) {
-	rows, err := l.pool.Query(ctx, `SELECT a.id, a.currency, a.balance, a.tx_seq, p.pair, p.units, p.average_price
-		FROM ledger.accounts a JOIN ledger.positions p ON p.account_id = a.id ORDER BY a.id`)
+// readMarginAccounts reads the accounts in ids (nil: every account) that have positions.
+func readMarginAccounts(ctx context.Context, l *Ledger, ids []string) ([]marginAccount, error) {
+	sql, args := `SELECT a.id, a.currency, a.balance, a.tx_seq, p.pair, p.units, p.average_price
+		FROM ledger.accounts a JOIN ledger.positions p ON p.account_id = a.id`, []any(nil)
+	if ids != nil {
+		sql, args = sql+` WHERE a.id = ANY($1)`, []any{ids}
+	}
+	rows, err := l.pool.Query(ctx, sql+` ORDER BY a.id`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("watcher: read positions: %w", err)
 	}

@@ -51,6 +51,33 @@ func (e *env) followOverGRPC(t *testing.T, src *ledger.QuoteBook) {
 
 func zapNop() *zap.SugaredLogger { return zap.NewNop().Sugar() }
 
+// counter is the value of the counter name with the label label=value in the ledger's metrics (0
+// when it has not counted yet).
+func (e *env) counter(t *testing.T, name, label, value string) float64 {
+	t.Helper()
+	mfs, err := e.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == label && lp.GetValue() == value {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
+
+func (e *env) bookReads(t *testing.T, kind string) float64 {
+	return e.counter(t, "kawase_ledger_watcher_book_reads_total", "kind", kind)
+}
+
 // eventually polls cond until it holds or the test times out.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -93,6 +120,9 @@ func TestWatcherTriggersExpiresAndClosesOut(t *testing.T) {
 	e.followOverGRPC(t, src)
 	eventually(t, "quotes over gRPC", func() bool { q, _ := e.book.Quote("USD_JPY"); return q.QuoteID == "grpc" })
 	e.running(t)
+	// Everything below reaches the watcher through the change log: it read the whole book, empty,
+	// before, and reads it whole again only after BookReload (an hour).
+	eventually(t, "the watcher's first read", func() bool { return e.bookReads(t, "full") == 1 })
 	e.open(t, "A", "JPY", "1000000")
 	e.open(t, "C", "JPY", "100000")
 	if r := e.apply(t, pending("A", "L1", "USD_JPY", "buy", "1000", "limit", "149.500")); r.Status != eventing.ResultAccepted {
@@ -142,4 +172,7 @@ func TestWatcherTriggersExpiresAndClosesOut(t *testing.T) {
 	}
 	eventually(t, "outbox drained", func() bool { return e.count(t, `SELECT count(*) FROM ledger.outbox`) == 0 })
 	checkBooks(t, e.pool)
+	if full, changes := e.bookReads(t, "full"), e.bookReads(t, "changes"); full != 1 || changes == 0 {
+		t.Fatalf("the watcher read the whole book %v times and the changes %v times, want once and many", full, changes)
+	}
 }

@@ -1,0 +1,39 @@
+-- +goose Up
+
+-- book_changes tells the watcher which accounts changed, so that it re-reads only those instead of
+-- every pending order and position. Every UPDATE of ledger.accounts records, in one row, the ids it
+-- updated and the id of its transaction (a command round updates every account it touches, so a
+-- change to an account's balance, positions or orders always appears here, whichever replica or
+-- binary wrote it). The watcher reads the rows whose transaction committed after its previous read
+-- by comparing xid with the snapshot of that read, which stays exact when transactions commit out of
+-- the order they started in. Rows older than a minute are pruned by the ledger.
+CREATE TABLE ledger.book_changes (
+    xid          xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    accounts     text[] NOT NULL,
+    recorded_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX book_changes_xid ON ledger.book_changes (xid);
+
+-- The watcher reads the pending orders of the changed accounts; an account's other orders (filled,
+-- rejected, cancelled: nearly all of them) stay out of the index.
+CREATE INDEX orders_pending_account ON ledger.orders (account_id) WHERE status = 'pending';
+
+-- +goose StatementBegin
+CREATE FUNCTION ledger.record_book_changes() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO ledger.book_changes (accounts)
+        SELECT array_agg(id) FROM changed_accounts WHERE kind = 'customer' HAVING count(*) > 0;
+    RETURN NULL;
+END
+$$;
+-- +goose StatementEnd
+
+CREATE TRIGGER accounts_book_changes AFTER UPDATE ON ledger.accounts
+    REFERENCING NEW TABLE AS changed_accounts
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger.record_book_changes();
+
+-- +goose Down
+DROP TRIGGER accounts_book_changes ON ledger.accounts;
+DROP FUNCTION ledger.record_book_changes();
+DROP INDEX ledger.orders_pending_account;
+DROP TABLE ledger.book_changes;
