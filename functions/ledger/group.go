@@ -193,16 +193,8 @@ func (l *Ledger) commitOn(ctx context.Context, c *pgx.Conn, reqs []*request) (*r
 	for i, req := range reqs {
 		ccs[i] = queueReads(b, req.cmd)
 	}
-	var oldest *time.Time
-	b.Queue(`SELECT created_at FROM ledger.outbox ORDER BY id LIMIT 1`).QueryRow(func(row pgx.Row) error {
-		var t time.Time
-		err := row.Scan(&t)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return nil
-		}
-		oldest = &t
-		return err
-	})
+	var oldest *time.Time // the outbox's oldest row (migrations/00003_outbox_oldest.sql says why a function)
+	b.Queue(`SELECT ledger.outbox_oldest()`).QueryRow(func(row pgx.Row) error { return row.Scan(&oldest) })
 	if err := c.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("begin round: %w", err)
 	}

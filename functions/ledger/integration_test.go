@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -261,6 +262,32 @@ func TestRoundAppliesEachCommandAsAlone(t *testing.T) {
 	}
 	checkBooks(t, e.pool)
 	eventually(t, "the outbox emptied", func() bool { return e.count(t, `SELECT count(*) FROM ledger.outbox`) == 0 })
+}
+
+// TestRoundDrainsRowsLeftBehind: an outbox row older than the stale limit (a publish that failed, a
+// replica that died) is published by the next round of any account. No sweep runs here, so only the
+// round can publish it.
+func TestRoundDrainsRowsLeftBehind(t *testing.T) {
+	e := newEnv(t, testConfig())
+	e.open(t, "A", "JPY", "10000000")
+	e.open(t, "B", "JPY", "10000000")
+	e.apply(t, market("B", "b1", "USD_JPY", "buy", "1000"))
+	eventually(t, "the outbox emptied", func() bool { return e.count(t, `SELECT count(*) FROM ledger.outbox`) == 0 })
+	if _, err := e.pool.Exec(context.Background(), `INSERT INTO ledger.outbox
+		(topic, event_type, event_id, partition_key, data, created_at)
+		SELECT $1, $2, 'left-behind', account_id, convert_to(result::text, 'UTF8'), now() - interval '3 seconds'
+		FROM ledger.inbox WHERE command_id = 'place:b1'`, eventing.TopicOrderResults, eventing.TypeOrderResult); err != nil {
+		t.Fatal(err)
+	}
+	e.apply(t, market("A", "a1", "USD_JPY", "buy", "1000"))
+	eventually(t, "the outbox emptied", func() bool { return e.count(t, `SELECT count(*) FROM ledger.outbox`) == 0 })
+	var order []string
+	for _, ev := range readTopic(t, e.brokers, eventing.TopicOrderResults) {
+		order = append(order, ev.ID())
+	}
+	if !slices.Contains(order, "left-behind") || !slices.Contains(order, ledger.ResultEventID("place:a1")) {
+		t.Fatalf("results topic holds %v; want the row left behind and A's result", order)
+	}
 }
 
 func postEvent(t *testing.T, url string, ev cloudevents.Event, structured bool) (int, []byte) {
