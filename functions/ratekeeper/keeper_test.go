@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -199,17 +200,19 @@ func candleClient(t *testing.T, k *ratekeeper.Keeper) ratesv1.CandleServiceClien
 }
 
 // TestPruneKeepsMarks deletes expired ticks and S5 candles but keeps the marks, so a replay of the
-// pruned quotes is still a duplicate.
+// pruned quotes is still a duplicate, and keeps each pair's open S5 candle, however old, since the
+// wider candles do not hold it yet.
 func TestPruneKeepsMarks(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
 	env := startKeeper(t, ratekeeper.Config{})
-	old := time.Now().UTC().Add(-72 * time.Hour)
+	old := time.Now().UTC().Add(-72 * time.Hour).Truncate(time.Hour).Add(10 * time.Minute) // 3 quotes in one hour
 	for i := range 3 {
 		mustDeliver(t, env.srv.URL, withEpoch(quote("GBP_USD", i, old, time.Second), 1))
 	}
 	fresh := withEpoch(quote("GBP_USD", 0, time.Now().UTC().Add(-time.Minute), time.Second), 1)
 	mustDeliver(t, env.srv.URL, fresh)
+	mustDeliver(t, env.srv.URL, withEpoch(quote("EUR_USD", 0, old, time.Second), 1)) // its only, open, S5 candle
 	k, err := ratekeeper.New(env.pool, nil, ratekeeper.Config{TickRetention: 48 * time.Hour}, zap.NewNop().Sugar(), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
@@ -218,8 +221,22 @@ func TestPruneKeepsMarks(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustf(t, queryInt(t, env.pool, `SELECT count(*) FROM ratekeeper.ticks`) == 1, "want only the fresh tick left")
-	mustf(t, queryInt(t, env.pool, `SELECT count(*) FROM ratekeeper.candles WHERE granularity = 'S5'`) == 1, "want one S5 candle left")
-	mustf(t, queryInt(t, env.pool, `SELECT count(*) FROM ratekeeper.candles WHERE granularity = 'H1'`) == 2, "want H1 candles kept")
+	mustf(t, queryInt(t, env.pool, `SELECT count(*) FROM ratekeeper.candles WHERE granularity = 'S5' AND pair = 'GBP_USD'`) == 1,
+		"want one S5 candle of GBP_USD left")
+	mustf(t, queryInt(t, env.pool, `SELECT count(*) FROM ratekeeper.candles WHERE granularity = 'S5' AND pair = 'EUR_USD'`) == 1,
+		"want the open S5 candle of EUR_USD kept")
+	client := candleClient(t, env.keeper)
+	for pair, want := range map[string][]int64{"GBP_USD": {3, 1}, "EUR_USD": {1}} {
+		resp, err := client.GetCandles(ctx, &ratesv1.GetCandlesRequest{Pair: pair, Granularity: ratesv1.Granularity_GRANULARITY_H1, Count: 10})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []int64
+		for _, c := range resp.Candles {
+			got = append(got, c.Volume)
+		}
+		mustf(t, slices.Equal(got, want), "%s H1 volumes %v after pruning, want %v", pair, got, want)
+	}
 	if d := mustDeliver(t, env.srv.URL, withEpoch(quote("GBP_USD", 1, old, time.Second), 1)); d.outcome != "duplicate" {
 		t.Fatalf("replayed pruned quote: %s", d.body)
 	}

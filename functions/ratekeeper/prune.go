@@ -19,9 +19,12 @@ const (
 const pruneTicksSQL = `DELETE FROM ratekeeper.ticks WHERE ctid = ANY(ARRAY(
   SELECT ctid FROM ratekeeper.ticks WHERE pair = $1 AND provider_ns < $2 LIMIT $3))`
 
-const pruneCandlesSQL = `DELETE FROM ratekeeper.candles WHERE pair = $1 AND granularity = 'S5' AND bucket < $2`
+// pruneCandlesSQL keeps the pair's latest S5 candle whatever its age: it is the open one, not yet
+// rolled up into the wider candles (see granularities).
+const pruneCandlesSQL = `DELETE FROM ratekeeper.candles WHERE pair = $1 AND granularity = 'S5' AND bucket < $2
+  AND bucket < (SELECT max(bucket) FROM ratekeeper.candles WHERE pair = $1 AND granularity = 'S5')`
 
-// prune deletes ticks and S5 candles older than TickRetention. A failed round is logged and tried
+// prune deletes ticks and S5 candles older than TickRetention (but each pair's open S5 candle). A failed round is logged and tried
 // again on the next tick (bounded by the interval); the marks, which make processing exactly-once,
 // are never pruned.
 func (k *Keeper) prune(ctx context.Context) error {

@@ -201,9 +201,10 @@ func (k *Keeper) apply(ctx context.Context, q Querier, batch []*submission) ([]O
 	w := newBatchWrite()
 	for i, s := range batch {
 		m := marks[s.rate.Pair]
+		prev, had := m.last.ProviderTime, m.has
 		outcomes[i] = m.decide(s.rate)
 		if outcomes[i] == OutcomeAccepted {
-			w.addTick(s.rate, m.ticks)
+			w.addTick(s.rate, m.ticks, prev, had)
 		}
 	}
 	for _, m := range marks {
@@ -291,7 +292,9 @@ type batchWrite struct {
 
 func newBatchWrite() *batchWrite { return &batchWrite{candles: newCandleSet()} }
 
-func (w *batchWrite) addTick(r *eventing.RateV1, n int64) {
+// addTick adds accepted rate r, the pair's nth; prev is the provider time of the pair's previous
+// accepted rate, if it had one.
+func (w *batchWrite) addTick(r *eventing.RateV1, n int64, prev time.Time, had bool) {
 	w.tickPair = append(w.tickPair, string(r.Pair))
 	w.tickN = append(w.tickN, n)
 	w.tickNs = append(w.tickNs, r.ProviderTime.UnixNano())
@@ -304,7 +307,7 @@ func (w *batchWrite) addTick(r *eventing.RateV1, n int64) {
 	w.tickSession = append(w.tickSession, r.Session)
 	w.tickMsgSeq = append(w.tickMsgSeq, int32(r.MsgSeqNum))
 	w.tickReceived = append(w.tickReceived, pgtype.Timestamptz{Time: r.ReceivedAt, Valid: !r.ReceivedAt.IsZero()})
-	w.candles.add(r)
+	w.candles.add(r, prev, had)
 }
 
 func (w *batchWrite) addMark(m *mark) {
