@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/shopspring/decimal"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -27,12 +28,13 @@ type granularity struct {
 	proto ratesv1.Granularity
 }
 
-// granularities are the candle widths served. Only S5 candles are written for every accepted tick;
-// an S5 candle is rolled up into its M1, M5 and H1 candles once it is closed, that is in the
-// transaction of the pair's first tick of a later S5 bucket. So, per pair, every stored S5 candle but
-// the latest is in the wider candles, and the latest (the open one) is merged into them when read.
-// That writes about one row per tick instead of four (a quarter of the candle upserts, which were
-// the ratekeeper's largest database cost).
+// granularities are the candle widths served. Only the S5 candle is written for every accepted tick
+// (in ratekeeper.candles); S5 candles are rolled up into the M1, M5 and H1 candles (in
+// ratekeeper.rollups) once closed, that is in the transaction of the pair's first tick of a later S5
+// bucket, and the pair's mark records how far (rolled_up_to). A read of a wider candle merges in the
+// pair's S5 candles not yet rolled up: normally just the open one. That writes about one candle row
+// per tick instead of four (the candle upserts were the ratekeeper's largest database cost). See
+// migrations/00002_candles_rolled_up.sql for writers of the old scheme during a rolling deploy.
 var granularities = []granularity{
 	{code: "S5", width: 5 * time.Second, proto: ratesv1.Granularity_GRANULARITY_S5},
 	{code: "M1", width: time.Minute, proto: ratesv1.Granularity_GRANULARITY_M1},
@@ -66,25 +68,25 @@ type candleAgg struct {
 }
 
 // candleSet aggregates a batch's accepted ticks per S5 candle, in order of first appearance, and
-// collects the S5 candles the batch closes. Accepted ticks of a pair are strictly newer than every
-// earlier one, so a batch's close is the candle's close, and a pair's S5 candles close in order.
+// collects the ranges of closed S5 candles to roll up. Accepted ticks of a pair are strictly newer
+// than every earlier one, so a batch's close is the candle's close.
 type candleSet struct {
-	keys   []candleKey
-	aggs   map[candleKey]*candleAgg
-	closed []candleKey
+	keys    []candleKey
+	aggs    map[candleKey]*candleAgg
+	rollups rollupRanges
+}
+
+// rollupRanges are, per pair, the S5 buckets [from, to) to roll up; an invalid from means from the
+// first.
+type rollupRanges struct {
+	pair     []string
+	from, to []pgtype.Timestamptz
 }
 
 func newCandleSet() *candleSet { return &candleSet{aggs: map[candleKey]*candleAgg{}} }
 
-// add adds accepted tick r; prev is the provider time of the pair's previous accepted tick, if any
-// (had), whose S5 candle r closes when r starts a later one.
-func (c *candleSet) add(r *eventing.RateV1, prev time.Time, had bool) {
+func (c *candleSet) add(r *eventing.RateV1) {
 	k := candleKey{pair: r.Pair, code: s5.code, bucket: r.ProviderTime.UTC().Truncate(s5.width)}
-	if had {
-		if p := prev.UTC().Truncate(s5.width); p.Before(k.bucket) {
-			c.closed = append(c.closed, candleKey{pair: r.Pair, code: s5.code, bucket: p})
-		}
-	}
 	a, ok := c.aggs[k]
 	if !ok {
 		c.keys = append(c.keys, k)
@@ -95,6 +97,14 @@ func (c *candleSet) add(r *eventing.RateV1, prev time.Time, had bool) {
 	a.highBid, a.lowBid, a.closeBid = decimal.Max(a.highBid, r.Bid), decimal.Min(a.lowBid, r.Bid), r.Bid
 	a.highAsk, a.lowAsk, a.closeAsk = decimal.Max(a.highAsk, r.Ask), decimal.Min(a.lowAsk, r.Ask), r.Ask
 	a.volume++
+}
+
+// addRollup rolls up the pair's S5 candles in [from, to) (from the first when hasFrom is false).
+func (c *candleSet) addRollup(pair fx.Pair, from time.Time, hasFrom bool, to time.Time) {
+	r := &c.rollups
+	r.pair = append(r.pair, string(pair))
+	r.from = append(r.from, pgtype.Timestamptz{Time: from, Valid: hasFrom})
+	r.to = append(r.to, pgtype.Timestamptz{Time: to, Valid: true})
 }
 
 const upsertCandlesSQL = `INSERT INTO ratekeeper.candles AS c (pair, granularity, bucket,
@@ -110,24 +120,40 @@ ON CONFLICT (pair, granularity, bucket) DO UPDATE SET
   close_ask = EXCLUDED.close_ask,
   volume = c.volume + EXCLUDED.volume`
 
-// rollupCandlesSQL merges closed S5 candles ($1 pair, $2 bucket) into the wider candles ($3 code, $4
-// bucket) that hold them. It runs after the batch's S5 upsert, so a candle the batch both wrote and
-// closed is rolled up whole; S5 candles of one wider candle are combined first, in time order.
-const rollupCandlesSQL = `INSERT INTO ratekeeper.candles AS c (pair, granularity, bucket,
+// rollupCandlesSQL merges the S5 candles of each pair $1 in [$2, $3) into the rollups of widths $4
+// (codes) and $5 (seconds). It runs after the batch's S5 upsert, so an S5 candle the batch both wrote
+// and closed is rolled up whole; S5 candles of one wider candle are combined first, in time order, and
+// merged into the stored one, whose open stays. Buckets are aligned to UTC, as Go's Truncate aligns
+// them.
+const rollupCandlesSQL = `INSERT INTO ratekeeper.rollups AS c (pair, granularity, bucket,
   open_bid, high_bid, low_bid, close_bid, open_ask, high_ask, low_ask, close_ask, volume)
-SELECT r.pair, r.g, r.b,
+SELECT s.pair, g.code, date_bin(make_interval(secs => g.secs), s.bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
   (array_agg(s.open_bid ORDER BY s.bucket))[1], max(s.high_bid), min(s.low_bid), (array_agg(s.close_bid ORDER BY s.bucket DESC))[1],
   (array_agg(s.open_ask ORDER BY s.bucket))[1], max(s.high_ask), min(s.low_ask), (array_agg(s.close_ask ORDER BY s.bucket DESC))[1],
   sum(s.volume)::bigint
-FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::timestamptz[]) AS r(pair, s5, g, b)
-JOIN ratekeeper.candles s ON s.pair = r.pair AND s.granularity = 'S5' AND s.bucket = r.s5
-GROUP BY r.pair, r.g, r.b
+FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS r(pair, since, until)
+JOIN ratekeeper.candles s ON s.pair = r.pair AND s.granularity = 'S5'
+  AND s.bucket >= coalesce(r.since, '-infinity') AND s.bucket < r.until
+CROSS JOIN unnest($4::text[], $5::bigint[]) AS g(code, secs)
+GROUP BY s.pair, g.code, 3
 ON CONFLICT (pair, granularity, bucket) DO UPDATE SET
   high_bid = GREATEST(c.high_bid, EXCLUDED.high_bid), low_bid = LEAST(c.low_bid, EXCLUDED.low_bid),
   close_bid = EXCLUDED.close_bid,
   high_ask = GREATEST(c.high_ask, EXCLUDED.high_ask), low_ask = LEAST(c.low_ask, EXCLUDED.low_ask),
   close_ask = EXCLUDED.close_ask,
   volume = c.volume + EXCLUDED.volume`
+
+// queueRollups queues the batch's rollups, if any, into b (after the S5 upsert).
+func (c *candleSet) queueRollups(b *pgx.Batch) {
+	if len(c.rollups.pair) == 0 {
+		return
+	}
+	codes, secs := make([]string, 0, len(rollups)), make([]int64, 0, len(rollups))
+	for _, g := range rollups {
+		codes, secs = append(codes, g.code), append(secs, int64(g.width/time.Second))
+	}
+	b.Queue(rollupCandlesSQL, c.rollups.pair, c.rollups.from, c.rollups.to, codes, secs)
+}
 
 func (c *candleSet) queue(b *pgx.Batch) {
 	n := len(c.keys)
@@ -144,18 +170,6 @@ func (c *candleSet) queue(b *pgx.Batch) {
 	}
 	b.Queue(upsertCandlesSQL, pairs, codes, buckets, cols[0], cols[1], cols[2], cols[3], cols[4], cols[5],
 		cols[6], cols[7], volumes)
-	if len(c.closed) == 0 {
-		return
-	}
-	n = len(c.closed) * len(rollups)
-	rPairs, rS5, rCodes, rBuckets := make([]string, 0, n), make([]time.Time, 0, n), make([]string, 0, n), make([]time.Time, 0, n)
-	for _, k := range c.closed {
-		for _, g := range rollups {
-			rPairs, rS5 = append(rPairs, string(k.pair)), append(rS5, k.bucket)
-			rCodes, rBuckets = append(rCodes, g.code), append(rBuckets, k.bucket.Truncate(g.width))
-		}
-	}
-	b.Queue(rollupCandlesSQL, rPairs, rS5, rCodes, rBuckets)
 }
 
 // candleServer is the CandleService: the ratekeeper's read path for its candles.
@@ -164,16 +178,23 @@ type candleServer struct {
 	k *Keeper
 }
 
-// selectCandlesSQL reads the latest $3 stored candles of pair $1 at granularity $2, newest first,
-// and, when $2 is wider than S5, then the pair's latest S5 candle: the open one, not yet rolled up.
-// One statement, so both come from one snapshot.
-const selectCandlesSQL = `(SELECT granularity, bucket, open_bid::text, high_bid::text, low_bid::text, close_bid::text,
+// selectS5CandlesSQL reads the latest $2 S5 candles of pair $1, newest first.
+const selectS5CandlesSQL = `SELECT 'S5', bucket, open_bid::text, high_bid::text, low_bid::text, close_bid::text,
   open_ask::text, high_ask::text, low_ask::text, close_ask::text, volume
-FROM ratekeeper.candles WHERE pair = $1 AND granularity = $2 ORDER BY bucket DESC LIMIT $3)
+FROM ratekeeper.candles WHERE pair = $1 AND granularity = 'S5' ORDER BY bucket DESC LIMIT $2`
+
+// selectRollupsSQL reads the latest $3 rollups of pair $1 at granularity $2, newest first, then the
+// pair's S5 candles not yet rolled up, oldest first (normally just the open one). One statement, so
+// both come from one snapshot.
+const selectRollupsSQL = `(SELECT granularity, bucket, open_bid::text, high_bid::text, low_bid::text, close_bid::text,
+  open_ask::text, high_ask::text, low_ask::text, close_ask::text, volume
+FROM ratekeeper.rollups WHERE pair = $1 AND granularity = $2 ORDER BY bucket DESC LIMIT $3)
 UNION ALL
 (SELECT granularity, bucket, open_bid::text, high_bid::text, low_bid::text, close_bid::text,
   open_ask::text, high_ask::text, low_ask::text, close_ask::text, volume
-FROM ratekeeper.candles WHERE pair = $1 AND granularity = 'S5' AND $2 <> 'S5' ORDER BY bucket DESC LIMIT 1)`
+FROM ratekeeper.candles WHERE pair = $1 AND granularity = 'S5'
+  AND bucket >= coalesce((SELECT rolled_up_to FROM ratekeeper.marks WHERE pair = $1), '-infinity')
+ORDER BY bucket)`
 
 // storedCandle is one candle as read: prices in the order open, high, low, close of bid, then ask.
 type storedCandle struct {
@@ -182,8 +203,9 @@ type storedCandle struct {
 	volume int64
 }
 
-// mergeOpen merges the open S5 candle into candles (of granularity g, newest first, at most count):
-// into the newest when it is the wider candle that holds open, else as a new newest candle.
+// mergeOpen merges an S5 candle not yet rolled up, open, into candles (of granularity g, newest
+// first, at most count): into the newest when it is the wider candle that holds open, else as a new
+// newest candle.
 func mergeOpen(candles []storedCandle, open storedCandle, g granularity, count int) []storedCandle {
 	b := open.bucket.Truncate(g.width)
 	if len(candles) > 0 && candles[0].bucket.Equal(b) {
@@ -197,7 +219,7 @@ func mergeOpen(candles []storedCandle, open storedCandle, g granularity, count i
 		return candles
 	}
 	if len(candles) > 0 && candles[0].bucket.After(b) {
-		// Cannot happen: a pair's S5 candles are rolled up in time order, the latest last.
+		// Cannot happen: the S5 candles not rolled up are newer than every one rolled up.
 		return candles
 	}
 	open.bucket = b
@@ -226,12 +248,12 @@ func (s *candleServer) GetCandles(ctx context.Context, req *ratesv1.GetCandlesRe
 }
 
 func (k *Keeper) candles(ctx context.Context, spec fx.PairSpec, g granularity, count int) ([]*ratesv1.Candle, error) {
-	stored, open, err := k.readCandles(ctx, spec, g, count)
+	stored, pending, err := k.readCandles(ctx, spec, g, count)
 	if err != nil {
 		return nil, err
 	}
-	if open != nil {
-		stored = mergeOpen(stored, *open, g, count)
+	for _, p := range pending {
+		stored = mergeOpen(stored, p, g, count)
 	}
 	now := k.cfg.Now()
 	out := make([]*ratesv1.Candle, 0, len(stored))
@@ -248,18 +270,19 @@ func (k *Keeper) candles(ctx context.Context, spec fx.PairSpec, g granularity, c
 	return out, nil
 }
 
-// readCandles reads the stored candles (newest first) and, for a granularity wider than S5, the
-// pair's open S5 candle (nil when the pair has none).
-func (k *Keeper) readCandles(ctx context.Context, spec fx.PairSpec, g granularity, count int) ([]storedCandle, *storedCandle, error) {
-	rows, err := k.pool.Query(ctx, selectCandlesSQL, string(spec.Pair), g.code, count)
+// readCandles reads the stored candles of granularity g (newest first) and, when g is wider than S5,
+// the pair's S5 candles not yet rolled up (oldest first).
+func (k *Keeper) readCandles(ctx context.Context, spec fx.PairSpec, g granularity, count int) (stored, pending []storedCandle, err error) {
+	var rows pgx.Rows
+	if g.code == s5.code {
+		rows, err = k.pool.Query(ctx, selectS5CandlesSQL, string(spec.Pair), count)
+	} else {
+		rows, err = k.pool.Query(ctx, selectRollupsSQL, string(spec.Pair), g.code, count)
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("query candles: %w", err)
 	}
 	defer rows.Close()
-	var (
-		stored []storedCandle
-		open   *storedCandle
-	)
 	for rows.Next() {
 		var (
 			code string
@@ -275,7 +298,7 @@ func (k *Keeper) readCandles(ctx context.Context, spec fx.PairSpec, g granularit
 			}
 		}
 		if code != g.code {
-			open = &c
+			pending = append(pending, c)
 			continue
 		}
 		stored = append(stored, c)
@@ -283,5 +306,5 @@ func (k *Keeper) readCandles(ctx context.Context, spec fx.PairSpec, g granularit
 	if err := rows.Err(); err != nil {
 		return nil, nil, fmt.Errorf("query candles: %w", err)
 	}
-	return stored, open, nil
+	return stored, pending, nil
 }

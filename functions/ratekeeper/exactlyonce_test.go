@@ -11,6 +11,7 @@ import (
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
 	"github.com/shopspring/decimal"
 
@@ -240,11 +241,17 @@ func checkExactlyOnce(t *testing.T, env *keeperEnv, wantTicks int64) {
 	mustf(t, last == int64(len(exactlyOncePairs)), "%d pairs end at the last quote, want %d", last, len(exactlyOncePairs))
 }
 
-// checkCandlesMatchTicks recomputes every pair's candles of every granularity from the ticks and
-// compares them with those GetCandles serves (stored, with the open S5 candle merged into the wider).
+// checkCandlesMatchTicks checks the candles served of every pair of the test.
 func checkCandlesMatchTicks(t *testing.T, env *keeperEnv) {
 	t.Helper()
-	client := candleClient(t, env.keeper)
+	checkServedCandles(t, env.keeper, env.pool, exactlyOncePairs)
+}
+
+// checkServedCandles recomputes the candles of pairs in every granularity from the ticks and compares
+// them with those k's GetCandles serves (the wider ones merged with the S5 candles not rolled up).
+func checkServedCandles(t *testing.T, k *ratekeeper.Keeper, pool *pgxpool.Pool, pairs []fx.Pair) {
+	t.Helper()
+	client := candleClient(t, k)
 	for _, g := range []struct {
 		proto    ratesv1.Granularity
 		interval string
@@ -252,8 +259,8 @@ func checkCandlesMatchTicks(t *testing.T, env *keeperEnv) {
 		{ratesv1.Granularity_GRANULARITY_S5, "5 seconds"}, {ratesv1.Granularity_GRANULARITY_M1, "1 minute"},
 		{ratesv1.Granularity_GRANULARITY_M5, "5 minutes"}, {ratesv1.Granularity_GRANULARITY_H1, "1 hour"},
 	} {
-		want := ticksAsCandles(t, env, g.interval)
-		for _, pair := range exactlyOncePairs {
+		want := ticksAsCandles(t, pool, g.interval)
+		for _, pair := range pairs {
 			ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 			resp, err := client.GetCandles(ctx, &ratesv1.GetCandlesRequest{Pair: string(pair), Granularity: g.proto,
 				Count: ratekeeper.CandleCountMax})
@@ -273,10 +280,10 @@ func checkCandlesMatchTicks(t *testing.T, env *keeperEnv) {
 }
 
 // ticksAsCandles aggregates the ticks into candles of the given width, per pair, oldest first.
-func ticksAsCandles(t *testing.T, env *keeperEnv, interval string) map[fx.Pair][]string {
+func ticksAsCandles(t *testing.T, pool *pgxpool.Pool, interval string) map[fx.Pair][]string {
 	t.Helper()
-	rows, err := env.pool.Query(context.Background(), `SELECT pair,
-	    date_bin($1::interval, provider_time, TIMESTAMPTZ '2000-01-01') AS bucket,
+	rows, err := pool.Query(context.Background(), `SELECT pair,
+	    date_bin($1::interval, provider_time, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket,
 	    (array_agg(bid ORDER BY n))[1]::text, max(bid)::text, min(bid)::text, (array_agg(bid ORDER BY n DESC))[1]::text,
 	    (array_agg(ask ORDER BY n))[1]::text, max(ask)::text, min(ask)::text, (array_agg(ask ORDER BY n DESC))[1]::text,
 	    count(*)

@@ -19,12 +19,12 @@ const (
 const pruneTicksSQL = `DELETE FROM ratekeeper.ticks WHERE ctid = ANY(ARRAY(
   SELECT ctid FROM ratekeeper.ticks WHERE pair = $1 AND provider_ns < $2 LIMIT $3))`
 
-// pruneCandlesSQL keeps the pair's latest S5 candle whatever its age: it is the open one, not yet
-// rolled up into the wider candles (see granularities).
+// pruneCandlesSQL keeps the pair's S5 candles not yet rolled up whatever their age (normally the open
+// one): the rollups do not hold them yet (see granularities).
 const pruneCandlesSQL = `DELETE FROM ratekeeper.candles WHERE pair = $1 AND granularity = 'S5' AND bucket < $2
-  AND bucket < (SELECT max(bucket) FROM ratekeeper.candles WHERE pair = $1 AND granularity = 'S5')`
+  AND bucket < coalesce((SELECT rolled_up_to FROM ratekeeper.marks WHERE pair = $1), '-infinity')`
 
-// prune deletes ticks and S5 candles older than TickRetention (but each pair's open S5 candle). A failed round is logged and tried
+// prune deletes ticks and S5 candles older than TickRetention (but those not yet rolled up). A failed round is logged and tried
 // again on the next tick (bounded by the interval); the marks, which make processing exactly-once,
 // are never pruned.
 func (k *Keeper) prune(ctx context.Context) error {

@@ -147,6 +147,26 @@ type mark struct {
 	epoch   int64
 	ticks   int64
 	changed bool
+	// rolledUpTo is the S5 bucket from which on the pair's S5 candles are not yet in its rollups
+	// (rolled false: none is).
+	rolledUpTo time.Time
+	rolled     bool
+}
+
+// rollUp reports the S5 candles the pair's accepted rates have closed, [from, to) with from unset
+// (hasFrom false) meaning from the first, and advances the mark past them; ok is false when there
+// are none (no rate accepted, or the latest still in the bucket rolled up to).
+func (m *mark) rollUp() (from time.Time, hasFrom bool, to time.Time, ok bool) {
+	if !m.has {
+		return time.Time{}, false, time.Time{}, false
+	}
+	open := m.last.ProviderTime.UTC().Truncate(s5.width)
+	if m.rolled && !m.rolledUpTo.Before(open) {
+		return time.Time{}, false, time.Time{}, false
+	}
+	from, hasFrom = m.rolledUpTo, m.rolled
+	m.rolledUpTo, m.rolled, m.changed = open, true, true
+	return from, hasFrom, open, true
 }
 
 // decide applies the exactly-once rule to one rate against its pair's mark, advancing the mark when
@@ -170,7 +190,7 @@ func (m *mark) decide(r *eventing.RateV1) Outcome {
 	return OutcomeAccepted
 }
 
-const lockMarksSQL = `SELECT pair, provider_ns, quote_id, epoch, ticks FROM ratekeeper.marks
+const lockMarksSQL = `SELECT pair, provider_ns, quote_id, epoch, ticks, rolled_up_to FROM ratekeeper.marks
 WHERE pair = ANY($1) ORDER BY pair FOR UPDATE`
 
 // inTransaction processes a batch in one transaction on one connection, in two pipelined round trips
@@ -201,13 +221,15 @@ func (k *Keeper) apply(ctx context.Context, q Querier, batch []*submission) ([]O
 	w := newBatchWrite()
 	for i, s := range batch {
 		m := marks[s.rate.Pair]
-		prev, had := m.last.ProviderTime, m.has
 		outcomes[i] = m.decide(s.rate)
 		if outcomes[i] == OutcomeAccepted {
-			w.addTick(s.rate, m.ticks, prev, had)
+			w.addTick(s.rate, m.ticks)
 		}
 	}
 	for _, m := range marks {
+		if from, hasFrom, to, ok := m.rollUp(); ok {
+			w.candles.addRollup(m.pair, from, hasFrom, to)
+		}
 		if m.changed {
 			w.addMark(m)
 		}
@@ -254,12 +276,16 @@ func lockMarks(ctx context.Context, q Querier, batch []*submission) (map[fx.Pair
 	marks := make(map[fx.Pair]*mark, len(pairs))
 	for rows.Next() {
 		var (
-			m   mark
-			ns  *int64
-			qid *string
+			m      mark
+			ns     *int64
+			qid    *string
+			rolled *time.Time
 		)
-		if err := rows.Scan(&m.pair, &ns, &qid, &m.epoch, &m.ticks); err != nil {
+		if err := rows.Scan(&m.pair, &ns, &qid, &m.epoch, &m.ticks, &rolled); err != nil {
 			return nil, fmt.Errorf("scan mark: %w", err)
+		}
+		if rolled != nil {
+			m.rolledUpTo, m.rolled = rolled.UTC(), true
 		}
 		if ns != nil && qid != nil {
 			m.has = true
@@ -286,15 +312,15 @@ type batchWrite struct {
 
 	markPair, markQuote          []string
 	markNs, markEpoch, markTicks []int64
+	markRolled                   []pgtype.Timestamptz
 
 	candles *candleSet
 }
 
 func newBatchWrite() *batchWrite { return &batchWrite{candles: newCandleSet()} }
 
-// addTick adds accepted rate r, the pair's nth; prev is the provider time of the pair's previous
-// accepted rate, if it had one.
-func (w *batchWrite) addTick(r *eventing.RateV1, n int64, prev time.Time, had bool) {
+// addTick adds accepted rate r, the pair's nth.
+func (w *batchWrite) addTick(r *eventing.RateV1, n int64) {
 	w.tickPair = append(w.tickPair, string(r.Pair))
 	w.tickN = append(w.tickN, n)
 	w.tickNs = append(w.tickNs, r.ProviderTime.UnixNano())
@@ -307,7 +333,7 @@ func (w *batchWrite) addTick(r *eventing.RateV1, n int64, prev time.Time, had bo
 	w.tickSession = append(w.tickSession, r.Session)
 	w.tickMsgSeq = append(w.tickMsgSeq, int32(r.MsgSeqNum))
 	w.tickReceived = append(w.tickReceived, pgtype.Timestamptz{Time: r.ReceivedAt, Valid: !r.ReceivedAt.IsZero()})
-	w.candles.add(r, prev, had)
+	w.candles.add(r)
 }
 
 func (w *batchWrite) addMark(m *mark) {
@@ -320,6 +346,7 @@ func (w *batchWrite) addMark(m *mark) {
 	}
 	w.markNs = append(w.markNs, ns)
 	w.markQuote = append(w.markQuote, q)
+	w.markRolled = append(w.markRolled, pgtype.Timestamptz{Time: m.rolledUpTo, Valid: m.rolled})
 }
 
 const insertTicksSQL = `INSERT INTO ratekeeper.ticks (pair, n, provider_ns, provider_time, quote_id, bid, ask,
@@ -331,8 +358,8 @@ FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::timestamptz[], $5::text[
 
 // updateMarksSQL keeps a mark without a processed rate (only its epoch raised) at NULL provider_ns.
 const updateMarksSQL = `UPDATE ratekeeper.marks m SET provider_ns = NULLIF(t.ns, 0), quote_id = NULLIF(t.q, ''),
-  epoch = t.e, ticks = t.n, updated_at = now()
-FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[]) AS t(pair, ns, q, e, n)
+  epoch = t.e, ticks = t.n, rolled_up_to = t.r, updated_at = now()
+FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::timestamptz[]) AS t(pair, ns, q, e, n, r)
 WHERE m.pair = t.pair`
 
 // sendAndCommit writes the batch's rows and commits, in one round trip. If a statement fails, the
@@ -345,8 +372,9 @@ func (w *batchWrite) sendAndCommit(ctx context.Context, q Querier) error {
 			w.tickEpoch, w.tickSeq, w.tickSession, w.tickMsgSeq, w.tickReceived)
 		w.candles.queue(b)
 	}
+	w.candles.queueRollups(b)
 	if len(w.markPair) > 0 {
-		b.Queue(updateMarksSQL, w.markPair, w.markNs, w.markQuote, w.markEpoch, w.markTicks)
+		b.Queue(updateMarksSQL, w.markPair, w.markNs, w.markQuote, w.markEpoch, w.markTicks, w.markRolled)
 	}
 	b.Queue("COMMIT")
 	res := q.SendBatch(ctx, b)
