@@ -2,6 +2,7 @@ package ratekeeper
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -107,18 +108,23 @@ func (c *candleSet) addRollup(pair fx.Pair, from time.Time, hasFrom bool, to tim
 	r.to = append(r.to, pgtype.Timestamptz{Time: to, Valid: true})
 }
 
-const upsertCandlesSQL = `INSERT INTO ratekeeper.candles AS c (pair, granularity, bucket,
-  open_bid, high_bid, low_bid, close_bid, open_ask, high_ask, low_ask, close_ask, volume)
-SELECT t.pair, t.g, t.b, t.ob::numeric, t.hb::numeric, t.lb::numeric, t.cb::numeric,
-  t.oa::numeric, t.ha::numeric, t.la::numeric, t.ca::numeric, t.v
-FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[],
-  $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[]) AS t(pair, g, b, ob, hb, lb, cb, oa, ha, la, ca, v)
+// mergeCandleSQL merges a candle (EXCLUDED) into the stored one (c) of its bucket, which holds earlier ticks:
+// the open stays, high and low widen, the close and the volume follow.
+const mergeCandleSQL = `
 ON CONFLICT (pair, granularity, bucket) DO UPDATE SET
   high_bid = GREATEST(c.high_bid, EXCLUDED.high_bid), low_bid = LEAST(c.low_bid, EXCLUDED.low_bid),
   close_bid = EXCLUDED.close_bid,
   high_ask = GREATEST(c.high_ask, EXCLUDED.high_ask), low_ask = LEAST(c.low_ask, EXCLUDED.low_ask),
   close_ask = EXCLUDED.close_ask,
   volume = c.volume + EXCLUDED.volume`
+
+const upsertCandlesSQL = `INSERT INTO ratekeeper.candles AS c (pair, granularity, bucket,
+  open_bid, high_bid, low_bid, close_bid, open_ask, high_ask, low_ask, close_ask, volume)
+SELECT t.pair, t.g, t.b, t.ob::numeric, t.hb::numeric, t.lb::numeric, t.cb::numeric,
+  t.oa::numeric, t.ha::numeric, t.la::numeric, t.ca::numeric, t.v
+FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[],
+  $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[]) AS t(pair, g, b, ob, hb, lb, cb, oa, ha, la, ca, v)
+` + mergeCandleSQL
 
 // rollupCandlesSQL merges the S5 candles of each pair $1 in [$2, $3) into the rollups of widths $4
 // (codes) and $5 (seconds). It runs after the batch's S5 upsert, so an S5 candle the batch both wrote
@@ -136,12 +142,7 @@ JOIN ratekeeper.candles s ON s.pair = r.pair AND s.granularity = 'S5'
   AND s.bucket >= coalesce(r.since, '-infinity') AND s.bucket < r.until
 CROSS JOIN unnest($4::text[], $5::bigint[]) AS g(code, secs)
 GROUP BY s.pair, g.code, 3
-ON CONFLICT (pair, granularity, bucket) DO UPDATE SET
-  high_bid = GREATEST(c.high_bid, EXCLUDED.high_bid), low_bid = LEAST(c.low_bid, EXCLUDED.low_bid),
-  close_bid = EXCLUDED.close_bid,
-  high_ask = GREATEST(c.high_ask, EXCLUDED.high_ask), low_ask = LEAST(c.low_ask, EXCLUDED.low_ask),
-  close_ask = EXCLUDED.close_ask,
-  volume = c.volume + EXCLUDED.volume`
+` + mergeCandleSQL
 
 // queueRollups queues the batch's rollups, if any, into b (after the S5 upsert).
 func (c *candleSet) queueRollups(b *pgx.Batch) {
@@ -196,6 +197,10 @@ FROM ratekeeper.candles WHERE pair = $1 AND granularity = 'S5'
   AND bucket >= coalesce((SELECT rolled_up_to FROM ratekeeper.marks WHERE pair = $1), '-infinity')
 ORDER BY bucket)`
 
+// errCandlesInconsistent: the stored candles break the rollup invariant (every S5 candle not rolled
+// up is newer than every one rolled up); a retry will not help.
+var errCandlesInconsistent = errors.New("the rollups and the pair's mark disagree")
+
 // storedCandle is one candle as read: prices in the order open, high, low, close of bid, then ask.
 type storedCandle struct {
 	bucket time.Time
@@ -206,7 +211,7 @@ type storedCandle struct {
 // mergeOpen merges an S5 candle not yet rolled up, open, into candles (of granularity g, newest
 // first, at most count): into the newest when it is the wider candle that holds open, else as a new
 // newest candle.
-func mergeOpen(candles []storedCandle, open storedCandle, g granularity, count int) []storedCandle {
+func mergeOpen(candles []storedCandle, open storedCandle, g granularity, count int) ([]storedCandle, error) {
 	b := open.bucket.Truncate(g.width)
 	if len(candles) > 0 && candles[0].bucket.Equal(b) {
 		c := &candles[0]
@@ -216,15 +221,15 @@ func mergeOpen(candles []storedCandle, open storedCandle, g granularity, count i
 			c.prices[side+3] = open.prices[side+3]
 		}
 		c.volume += open.volume
-		return candles
+		return candles, nil
 	}
 	if len(candles) > 0 && candles[0].bucket.After(b) {
-		// Cannot happen: the S5 candles not rolled up are newer than every one rolled up.
-		return candles
+		return nil, fmt.Errorf("%w: S5 candle %s not rolled up precedes the %s rollup of %s", errCandlesInconsistent,
+			open.bucket.Format(time.RFC3339), g.code, candles[0].bucket.Format(time.RFC3339))
 	}
 	open.bucket = b
 	candles = slices.Insert(candles, 0, open)
-	return candles[:min(len(candles), count)]
+	return candles[:min(len(candles), count)], nil
 }
 
 // GetCandles returns the latest candles of a pair, oldest first.
@@ -241,6 +246,9 @@ func (s *candleServer) GetCandles(ctx context.Context, req *ratesv1.GetCandlesRe
 		return nil, status.Errorf(codes.InvalidArgument, "count must be 1 to %d, not %d", CandleCountMax, req.GetCount())
 	}
 	candles, err := s.k.candles(ctx, spec, g, int(req.GetCount()))
+	if errors.Is(err, errCandlesInconsistent) {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
 	if err != nil {
 		return nil, status.Error(codes.Unavailable, err.Error())
 	}
@@ -253,7 +261,9 @@ func (k *Keeper) candles(ctx context.Context, spec fx.PairSpec, g granularity, c
 		return nil, err
 	}
 	for _, p := range pending {
-		stored = mergeOpen(stored, p, g, count)
+		if stored, err = mergeOpen(stored, p, g, count); err != nil {
+			return nil, fmt.Errorf("candles of %s: %w", spec.Pair, err)
+		}
 	}
 	now := k.cfg.Now()
 	out := make([]*ratesv1.Candle, 0, len(stored))

@@ -251,14 +251,23 @@ func checkCandlesMatchTicks(t *testing.T, env *keeperEnv) {
 // them with those k's GetCandles serves (the wider ones merged with the S5 candles not rolled up).
 func checkServedCandles(t *testing.T, k *ratekeeper.Keeper, pool *pgxpool.Pool, pairs []fx.Pair) {
 	t.Helper()
+	checkServed(t, k, pool, pairs, append([]servedGranularity{{ratesv1.Granularity_GRANULARITY_S5, "5 seconds"}}, widerGranularities...))
+}
+
+// servedGranularity is a granularity and its width as a PostgreSQL interval.
+type servedGranularity struct {
+	proto    ratesv1.Granularity
+	interval string
+}
+
+var widerGranularities = []servedGranularity{{ratesv1.Granularity_GRANULARITY_M1, "1 minute"},
+	{ratesv1.Granularity_GRANULARITY_M5, "5 minutes"}, {ratesv1.Granularity_GRANULARITY_H1, "1 hour"}}
+
+// checkServed compares the candles served of pairs in granularities with the ticks'.
+func checkServed(t *testing.T, k *ratekeeper.Keeper, pool *pgxpool.Pool, pairs []fx.Pair, granularities []servedGranularity) {
+	t.Helper()
 	client := candleClient(t, k)
-	for _, g := range []struct {
-		proto    ratesv1.Granularity
-		interval string
-	}{
-		{ratesv1.Granularity_GRANULARITY_S5, "5 seconds"}, {ratesv1.Granularity_GRANULARITY_M1, "1 minute"},
-		{ratesv1.Granularity_GRANULARITY_M5, "5 minutes"}, {ratesv1.Granularity_GRANULARITY_H1, "1 hour"},
-	} {
+	for _, g := range granularities {
 		want := ticksAsCandles(t, pool, g.interval)
 		for _, pair := range pairs {
 			ctx, cancel := context.WithTimeout(context.Background(), testTimeout)

@@ -167,6 +167,39 @@ func TestMigrationKeepsCandleHistory(t *testing.T) {
 	checkServedCandles(t, k, pool, pairs)
 }
 
+// TestMigrationSurvivesOldPrune: a pair idle for two days at the migration, whose latest S5 candle the
+// old scheme's prune (which ignores rolled_up_to) deletes soon after, keeps every tick in its wider
+// candles; so does a pair quoting at the migration.
+func TestMigrationSurvivesOldPrune(t *testing.T) {
+	url, pool := oldSchemeDatabase(t)
+	idle := time.Now().UTC().Add(-47*time.Hour - 58*time.Minute)
+	recent := time.Now().UTC().Add(-time.Minute)
+	for i := range 10 {
+		applyOldScheme(t, pool, withEpoch(quote("NZD_USD", i, idle, time.Second), 1))
+		applyOldScheme(t, pool, withEpoch(quote("USD_CAD", i, recent, time.Second), 1))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	if err := ratekeeper.Migrate(ctx, url); err != nil {
+		t.Fatal(err)
+	}
+	// An old replica's prune an hour later, with the old scheme's 48 h retention.
+	if _, err := pool.Exec(ctx, `DELETE FROM ratekeeper.candles WHERE granularity = 'S5' AND bucket < now() - interval '47 hours'`); err != nil {
+		t.Fatal(err)
+	}
+	k, deliverURL := keeperOn(t, pool)
+	for round := range 2 {
+		// The prune took S5 candles of NZD_USD but not its ticks: its S5 candles are not compared.
+		checkServed(t, k, pool, []fx.Pair{"NZD_USD"}, widerGranularities)
+		checkServedCandles(t, k, pool, []fx.Pair{"USD_CAD"})
+		if round == 0 { // the next rates roll up what was not
+			for _, p := range []fx.Pair{"NZD_USD", "USD_CAD"} {
+				mustDeliver(t, deliverURL, withEpoch(quote(p, 0, time.Now().UTC(), time.Second), 1))
+			}
+		}
+	}
+}
+
 // TestMigrationDown: 00002's Down gives the old scheme's candles back, each wider candle equal to
 // its ticks, and Up again serves them as before.
 func TestMigrationDown(t *testing.T) {

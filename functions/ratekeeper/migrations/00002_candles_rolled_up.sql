@@ -5,10 +5,12 @@
 -- per pair, the S5 bucket from which on nothing is rolled up yet (NULL: nothing rolled up): every S5
 -- candle before it is in the pair's rollups, none from it on is, and reads merge the latter in.
 --
--- Writers of the old scheme (every tick into all four granularities of ratekeeper.candles) may run
+-- Replicas of the old scheme (every tick into all four granularities of ratekeeper.candles) may run
 -- beside this one during a rolling deploy. They write S5 candles as this scheme does, and their M1,
 -- M5 and H1 rows stay in ratekeeper.candles, which this scheme neither reads nor writes; so their
--- ticks reach the rollups exactly once, through their S5 candles.
+-- ticks reach the rollups exactly once, through their S5 candles. Their prune deletes S5 candles
+-- older than the retention (48 h) whether rolled up or not, so they must stop within 47 hours: an
+-- S5 candle not yet rolled up is at most an hour old at the migration (below) or newer than it.
 ALTER TABLE ratekeeper.marks ADD COLUMN rolled_up_to timestamptz;
 
 CREATE TABLE ratekeeper.rollups (
@@ -27,16 +29,24 @@ CREATE TABLE ratekeeper.rollups (
     PRIMARY KEY (pair, granularity, bucket)
 );
 
--- The old scheme's wider candles become the rollups of every S5 bucket before each pair's latest S5
--- candle: one statement, so one snapshot of the candles and the marks. Each pair's latest S5
--- candle's ticks are taken out of the wider candles that hold it (its volume; its prices merge again
--- by max, min and the later close when it is rolled up), and a wider candle that held nothing else
--- is left out. Buckets are aligned to UTC whatever the session's time zone.
-WITH open_s5 AS (
+-- The old scheme's wider candles become the rollups, in one statement (one snapshot of the candles
+-- and the marks; ALTER TABLE above holds off the old scheme's writers until this commits). A pair's
+-- latest S5 candle may still receive ticks if it is under an hour old: it stays open, that is its
+-- volume is taken out of the wider candles that hold it (its prices merge again by max, min and the
+-- later close when it is rolled up), a wider candle that held nothing else is left out, and
+-- rolled_up_to is its bucket. An older one is closed: it stays in the wider candles, and rolled_up_to
+-- is its end, so the old scheme's prune may delete it. Buckets are aligned to UTC whatever the
+-- session's time zone.
+WITH latest AS (
     SELECT DISTINCT ON (pair) pair, bucket, volume
     FROM ratekeeper.candles WHERE granularity = 'S5' ORDER BY pair, bucket DESC
+), open_s5 AS (
+    SELECT pair, bucket, volume FROM latest WHERE bucket >= now() - interval '1 hour'
 ), marked AS (
-    UPDATE ratekeeper.marks m SET rolled_up_to = o.bucket FROM open_s5 o WHERE m.pair = o.pair RETURNING m.pair
+    INSERT INTO ratekeeper.marks (pair, rolled_up_to)
+    SELECT l.pair, coalesce(o.bucket, l.bucket + interval '5 seconds') FROM latest l LEFT JOIN open_s5 o USING (pair)
+    ON CONFLICT (pair) DO UPDATE SET rolled_up_to = EXCLUDED.rolled_up_to
+    RETURNING pair
 )
 INSERT INTO ratekeeper.rollups (pair, granularity, bucket, open_bid, high_bid, low_bid, close_bid,
     open_ask, high_ask, low_ask, close_ask, volume)
@@ -51,8 +61,11 @@ WHERE c.granularity IN ('M1', 'M5', 'H1') AND c.volume > coalesce(o.volume, 0);
 -- +goose Down
 
 -- Back to the old scheme: the wider candles of ratekeeper.candles become the rollups with every S5
--- candle not yet rolled up merged in. Stop the new scheme's writers first: a tick they commit after
+-- candle not yet rolled up merged in. Writers of either scheme lock their marks first, so the lock
+-- holds them off until this commits. Stop the new scheme's replicas before: a tick they commit after
 -- this reaches no wider candle.
+LOCK TABLE ratekeeper.marks IN ACCESS EXCLUSIVE MODE;
+
 DELETE FROM ratekeeper.candles WHERE granularity IN ('M1', 'M5', 'H1');
 
 INSERT INTO ratekeeper.candles (pair, granularity, bucket, open_bid, high_bid, low_bid, close_bid,
