@@ -289,3 +289,22 @@ func TestTriggerFailureRollsBack(t *testing.T) {
 	mustf(t, queryInt(t, env.pool, `SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'`) == 0,
 		"a connection was left inside a transaction")
 }
+
+// TestMarksDeletedBehindItsBack: the keeper remembers which pairs have a mark row and skips creating
+// them; should the rows go (an operator resetting the tick history), the batch fails as retryable once
+// and the next delivery creates them again.
+func TestMarksDeletedBehindItsBack(t *testing.T) {
+	env := startKeeper(t, ratekeeper.Config{})
+	base := time.Now().UTC().Add(-time.Minute)
+	if d := mustDeliver(t, env.srv.URL, withEpoch(quote("USD_JPY", 0, base, time.Second), 1)); d.outcome != "accepted" {
+		t.Fatalf("first quote: %s", d.body)
+	}
+	if _, err := env.pool.Exec(context.Background(), `DELETE FROM ratekeeper.ticks; DELETE FROM ratekeeper.marks`); err != nil {
+		t.Fatal(err)
+	}
+	next := withEpoch(quote("USD_JPY", 1, base, time.Second), 1)
+	d := mustDeliver(t, env.srv.URL, next)
+	mustf(t, d.status >= 500, "delivery while the mark is missing answered %d %s, want a retryable 5xx", d.status, d.body)
+	d = mustDeliver(t, env.srv.URL, next)
+	mustf(t, d.outcome == "accepted", "redelivery answered %d %s, want accepted", d.status, d.body)
+}

@@ -127,6 +127,9 @@ type Keeper struct {
 	stopped chan struct{}
 	// gathering lets one writer at a time gather a batch.
 	gathering sync.Mutex
+	// marked holds the pairs (fx.Pair) whose mark row a committed batch has seen, so that batches of
+	// only those skip the statement that creates missing marks.
+	marked sync.Map
 }
 
 // New returns a keeper on pool (already migrated with Migrate). trigger may be nil (NoTrigger).

@@ -213,7 +213,7 @@ func (k *Keeper) inTransaction(ctx context.Context, batch []*submission) ([]Outc
 // batches cannot deadlock), decide each rate in delivery order, call the trigger for each accepted
 // rate, then write ticks, candles and marks and commit, in one pipelined round trip.
 func (k *Keeper) apply(ctx context.Context, q Querier, batch []*submission) ([]Outcome, error) {
-	marks, err := lockMarks(ctx, q, batch)
+	marks, err := k.lockMarks(ctx, q, batch)
 	if err != nil {
 		return nil, err
 	}
@@ -245,28 +245,37 @@ func (k *Keeper) apply(ctx context.Context, q Querier, batch []*submission) ([]O
 	if err := w.sendAndCommit(ctx, q); err != nil {
 		return nil, err
 	}
+	for p := range marks { // committed: their rows exist from now on
+		k.marked.Store(p, struct{}{})
+	}
 	return outcomes, nil
 }
 
-// lockMarks opens the transaction and locks the marks of the batch's pairs (creating missing ones).
-func lockMarks(ctx context.Context, q Querier, batch []*submission) (map[fx.Pair]*mark, error) {
+// lockMarks opens the transaction and locks the marks of the batch's pairs, creating missing ones
+// first unless every pair's mark is known to exist (marks are never deleted).
+func (k *Keeper) lockMarks(ctx context.Context, q Querier, batch []*submission) (map[fx.Pair]*mark, error) {
 	pairs := make([]string, 0, len(batch))
 	for _, s := range batch {
 		pairs = append(pairs, string(s.rate.Pair))
 	}
 	slices.Sort(pairs)
 	pairs = slices.Compact(pairs)
+	seed := slices.ContainsFunc(pairs, func(p string) bool { _, ok := k.marked.Load(fx.Pair(p)); return !ok })
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
-	b.Queue(`INSERT INTO ratekeeper.marks (pair) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING`, pairs)
+	if seed {
+		b.Queue(`INSERT INTO ratekeeper.marks (pair) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING`, pairs)
+	}
 	b.Queue(lockMarksSQL, pairs)
 	res := q.SendBatch(ctx, b)
 	defer res.Close()
 	if _, err := res.Exec(); err != nil {
 		return nil, fmt.Errorf("begin: %w", err)
 	}
-	if _, err := res.Exec(); err != nil {
-		return nil, fmt.Errorf("seed marks: %w", err)
+	if seed {
+		if _, err := res.Exec(); err != nil {
+			return nil, fmt.Errorf("seed marks: %w", err)
+		}
 	}
 	rows, err := res.Query()
 	if err != nil {
@@ -297,6 +306,9 @@ func lockMarks(ctx context.Context, q Querier, batch []*submission) (map[fx.Pair
 		return nil, fmt.Errorf("lock marks: %w", err)
 	}
 	if len(marks) != len(pairs) {
+		for _, p := range pairs { // deleted behind our back: seed them again next time
+			k.marked.Delete(fx.Pair(p))
+		}
 		return nil, fmt.Errorf("lock marks: %d of %d pairs found", len(marks), len(pairs))
 	}
 	return marks, res.Close()
