@@ -193,7 +193,7 @@ func (l *Ledger) commitOn(ctx context.Context, c *pgx.Conn, reqs []*request) (*r
 	for i, req := range reqs {
 		ccs[i] = queueReads(b, req.cmd)
 	}
-	var oldest *time.Time // the outbox's oldest row (migrations/00003_outbox_oldest.sql says why a function)
+	var oldest *time.Time // the outbox's oldest row (migrations/00003_outbox_reads.sql says why a function)
 	b.Queue(`SELECT ledger.outbox_oldest()`).QueryRow(func(row pgx.Row) error { return row.Scan(&oldest) })
 	if err := c.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("begin round: %w", err)

@@ -16,5 +16,19 @@ END
 $$;
 -- +goose StatementEnd
 
+-- outbox_batch returns the first batch_max rows in id order, of those created before created_before
+-- (NULL: of all): the publisher's drains and sweeps. Planned the same way, for the same reason.
+-- +goose StatementBegin
+CREATE FUNCTION ledger.outbox_batch(batch_max integer, created_before timestamptz)
+RETURNS SETOF ledger.outbox LANGUAGE plpgsql STABLE
+SET enable_seqscan = off AS $$
+BEGIN
+    RETURN QUERY SELECT * FROM ledger.outbox
+        WHERE created_before IS NULL OR created_at < created_before ORDER BY id LIMIT batch_max;
+END
+$$;
+-- +goose StatementEnd
+
 -- +goose Down
+DROP FUNCTION ledger.outbox_batch(integer, timestamptz);
 DROP FUNCTION ledger.outbox_oldest();
