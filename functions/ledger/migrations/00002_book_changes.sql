@@ -14,10 +14,6 @@ CREATE TABLE ledger.book_changes (
 );
 CREATE INDEX book_changes_xid ON ledger.book_changes (xid);
 
--- The watcher reads the pending orders of the changed accounts; an account's other orders (filled,
--- rejected, cancelled: nearly all of them) stay out of the index.
-CREATE INDEX orders_pending_account ON ledger.orders (account_id) WHERE status = 'pending';
-
 -- +goose StatementBegin
 CREATE FUNCTION ledger.record_book_changes() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -35,5 +31,4 @@ CREATE TRIGGER accounts_book_changes AFTER UPDATE ON ledger.accounts
 -- +goose Down
 DROP TRIGGER accounts_book_changes ON ledger.accounts;
 DROP FUNCTION ledger.record_book_changes();
-DROP INDEX ledger.orders_pending_account;
 DROP TABLE ledger.book_changes;
