@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -12,8 +13,8 @@ import (
 // Limits of the book's change log (ledger.book_changes, written by a trigger on ledger.accounts; see
 // migrations/00002_book_changes.sql).
 const (
-	// bookChangesRetentionMs is how long a change row is kept; bookChangesPruneMs how often the rows
-	// older than that are deleted.
+	// bookChangesRetentionMs is how long a change row is kept at least after its transaction ended;
+	// bookChangesPruneMs how often rows are pruned.
 	bookChangesRetentionMs = 60_000
 	bookChangesPruneMs     = 10_000
 	// bookChangesGapMaxMs: a watcher that has not read the changes for this long may have missed
@@ -70,30 +71,91 @@ func splicePending(book []pendingOrder, changed map[string]bool, fresh []pending
 	return append(out, fresh...)
 }
 
-// pruneBookChanges deletes change rows older than bookChangesRetentionMs every bookChangesPruneMs
-// until ctx ends. Every replica prunes, whether or not it watches, so the log stays bounded while no
-// watcher runs. A failed prune is counted, logged and tried again at the next interval, without
-// bound on purpose: the rows only wait.
+// horizon is the oldest transaction id still in progress (pg_snapshot_xmin) at a moment: every
+// transaction below it had ended then, so its change row was visible to every read of the log since.
+type horizon struct {
+	at   time.Time
+	xmin string // xid8 as text
+}
+
+// pruneCutoff returns, of horizons (oldest first), the newest taken at least retention before now,
+// and the horizons after it, which are kept for later rounds; ok is false when none is that old.
+func pruneCutoff(horizons []horizon, now time.Time, retention time.Duration) (cutoff horizon, rest []horizon, ok bool) {
+	i := 0
+	for i < len(horizons) && now.Sub(horizons[i].at) >= retention {
+		i++
+	}
+	if i == 0 {
+		return horizon{}, horizons, false
+	}
+	return horizons[i-1], horizons[i:], true
+}
+
+// pruneBookChanges notes the current horizon every bookChangesPruneMs and deletes the change rows of
+// the transactions below the horizon noted at least bookChangesRetentionMs ago, until ctx ends.
+// Those rows were visible for that long, and a watcher reads the log at least every
+// bookChangesGapMaxMs or else the whole book, so none it needs goes. Every replica prunes, whether
+// or not it watches, so the log stays bounded while no watcher runs; durations are of this
+// process's clock, never compared with the database's. A failed round is counted, logged and tried
+// again at the next interval, without bound on purpose: the rows only wait.
 func (l *Ledger) pruneBookChanges(ctx context.Context) error {
 	tick := time.NewTicker(bookChangesPruneMs * time.Millisecond)
 	defer tick.Stop()
+	var horizons []horizon
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
 		}
-		if _, err := deleteBookChanges(ctx, l.pool, bookChangesRetentionMs*time.Millisecond); err != nil && ctx.Err() == nil {
+		var err error
+		if horizons, err = pruneRound(ctx, l.pool, horizons, time.Now()); err != nil && ctx.Err() == nil {
 			l.m.watcherErrors.WithLabelValues("prune").Inc()
 			l.log.Warnw("pruning the book's changes failed; will retry", "error", err)
 		}
 	}
 }
 
-// deleteBookChanges deletes the change rows recorded more than retention ago and returns how many.
-func deleteBookChanges(ctx context.Context, pool *pgxpool.Pool, retention time.Duration) (int64, error) {
-	tag, err := pool.Exec(ctx, `DELETE FROM ledger.book_changes
-		WHERE recorded_at < clock_timestamp() - $1::bigint * interval '1 millisecond'`, retention.Milliseconds())
+// pruneRound notes the current horizon and deletes the rows below the one noted at least
+// bookChangesRetentionMs before now; it returns the horizons still to keep.
+func pruneRound(ctx context.Context, pool *pgxpool.Pool, horizons []horizon, now time.Time) ([]horizon, error) {
+	var h horizon
+	if err := pool.QueryRow(ctx, `SELECT pg_snapshot_xmin(pg_current_snapshot())::text`).Scan(&h.xmin); err != nil {
+		return horizons, fmt.Errorf("prune book changes: read horizon: %w", err)
+	}
+	h.at = now
+	horizons = noteHorizon(horizons, h)
+	cutoff, rest, ok := pruneCutoff(horizons, now, bookChangesRetentionMs*time.Millisecond)
+	if !ok {
+		return horizons, nil
+	}
+	if _, err := deleteBookChanges(ctx, pool, cutoff.xmin); err != nil {
+		return horizons, err
+	}
+	return rest, nil
+}
+
+// noteHorizon appends h to horizons, or starts them again from h when transaction ids went back (a
+// failover to a standby that was behind): the horizons noted before say nothing of the transactions
+// now.
+func noteHorizon(horizons []horizon, h horizon) []horizon {
+	if n := len(horizons); n > 0 && xidBefore(h.xmin, horizons[n-1].xmin) {
+		horizons = nil
+	}
+	return append(horizons, h)
+}
+
+// xidBefore says whether xid8 a (as text) is below b; a malformed one compares as not below.
+func xidBefore(a, b string) bool {
+	x, errA := strconv.ParseUint(a, 10, 64)
+	y, errB := strconv.ParseUint(b, 10, 64)
+	return errA == nil && errB == nil && x < y
+}
+
+// deleteBookChanges deletes the change rows of transactions below xmin (an xid8 as text) and
+// returns how many.
+func deleteBookChanges(ctx context.Context, pool *pgxpool.Pool, xmin string) (int64, error) {
+	tag, err := pool.Exec(ctx, `DELETE FROM ledger.book_changes WHERE xid < $1::xid8`, xmin)
 	if err != nil {
 		return 0, fmt.Errorf("prune book changes: %w", err)
 	}

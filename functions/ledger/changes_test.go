@@ -105,16 +105,57 @@ func TestBookChangesFollowCommitsOutOfOrder(t *testing.T) {
 func TestBookChangesArePruned(t *testing.T) {
 	ctx := context.Background()
 	pool := changesDB(t)
-	if _, err := pool.Exec(ctx, `INSERT INTO ledger.book_changes (accounts, recorded_at) VALUES
-		('{A}', clock_timestamp() - interval '2 minutes'), ('{B}', clock_timestamp() - interval '10 seconds')`); err != nil {
+	if _, err := pool.Exec(ctx, `INSERT INTO ledger.book_changes (accounts) VALUES ('{A}')`); err != nil {
 		t.Fatal(err)
 	}
-	n, err := deleteBookChanges(ctx, pool, time.Minute)
-	if err != nil || n != 1 {
-		t.Fatalf("pruned %d rows (%v), want 1", n, err)
+	start := time.Now()
+	horizons, err := pruneRound(ctx, pool, nil, start) // notes a horizon above A's transaction
+	if err != nil || len(horizons) != 1 {
+		t.Fatalf("first round: %v, %d horizons", err, len(horizons))
 	}
-	var left []string
-	if err := pool.QueryRow(ctx, `SELECT array_agg(accounts[1]) FROM ledger.book_changes`).Scan(&left); err != nil || !slices.Equal(left, []string{"B"}) {
-		t.Fatalf("left %v (%v), want [B]", left, err)
+	if _, err := pool.Exec(ctx, `INSERT INTO ledger.book_changes (accounts) VALUES ('{B}')`); err != nil {
+		t.Fatal(err)
+	}
+	left := func() []string {
+		var ids []string
+		if err := pool.QueryRow(ctx, `SELECT coalesce(array_agg(accounts[1] ORDER BY xid), '{}') FROM ledger.book_changes`).Scan(&ids); err != nil {
+			t.Fatal(err)
+		}
+		return ids
+	}
+	if horizons, err = pruneRound(ctx, pool, horizons, start.Add(bookChangesRetentionMs*time.Millisecond/2)); err != nil {
+		t.Fatal(err)
+	}
+	if got := left(); !slices.Equal(got, []string{"A", "B"}) {
+		t.Fatalf("before the retention passed, left %v, want [A B]", got)
+	}
+	if horizons, err = pruneRound(ctx, pool, horizons, start.Add(bookChangesRetentionMs*time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	if got := left(); !slices.Equal(got, []string{"B"}) {
+		t.Fatalf("a retention after the first horizon, left %v, want [B]", got)
+	}
+	if len(horizons) != 2 {
+		t.Fatalf("%d horizons kept, want the 2 taken after the one used", len(horizons))
+	}
+}
+
+// TestPruneCutoff: the cutoff is the newest horizon at least a retention old, later ones are kept, and
+// a horizon whose transaction ids went back starts them again.
+func TestPruneCutoff(t *testing.T) {
+	t0 := time.Now()
+	hs := []horizon{{at: t0, xmin: "1"}, {at: t0.Add(10 * time.Second), xmin: "2"}, {at: t0.Add(20 * time.Second), xmin: "3"}}
+	if _, rest, ok := pruneCutoff(hs, t0.Add(59*time.Second), time.Minute); ok || len(rest) != 3 {
+		t.Fatalf("before a minute: ok=%v, %d kept", ok, len(rest))
+	}
+	if got := noteHorizon(hs[:2:2], horizon{at: t0.Add(20 * time.Second), xmin: "10"}); len(got) != 3 {
+		t.Fatalf("a later horizon: %d kept, want 3", len(got))
+	}
+	if got := noteHorizon(hs[:2:2], horizon{at: t0.Add(20 * time.Second), xmin: "1"}); len(got) != 1 || got[0].xmin != "1" {
+		t.Fatalf("transaction ids went back: kept %+v, want only the new horizon", got)
+	}
+	cutoff, rest, ok := pruneCutoff(hs, t0.Add(75*time.Second), time.Minute)
+	if !ok || cutoff.xmin != "2" || len(rest) != 1 || rest[0].xmin != "3" {
+		t.Fatalf("at 75 s: cutoff %+v ok=%v rest %+v", cutoff, ok, rest)
 	}
 }

@@ -6,11 +6,10 @@
 -- change to an account's balance, positions or orders always appears here, whichever replica or
 -- binary wrote it). The watcher reads the rows whose transaction committed after its previous read
 -- by comparing xid with the snapshot of that read, which stays exact when transactions commit out of
--- the order they started in. Rows older than a minute are pruned by the ledger.
+-- the order they started in. The ledger prunes the rows of transactions that ended over a minute ago.
 CREATE TABLE ledger.book_changes (
     xid          xid8 NOT NULL DEFAULT pg_current_xact_id(),
-    accounts     text[] NOT NULL,
-    recorded_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+    accounts     text[] NOT NULL
 );
 CREATE INDEX book_changes_xid ON ledger.book_changes (xid);
 
