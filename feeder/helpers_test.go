@@ -21,6 +21,7 @@ import (
 	"github.com/kawase-fx/kawase/eventing/broker"
 	"github.com/kawase-fx/kawase/eventing/cekafka"
 	"github.com/kawase-fx/kawase/eventing/fx"
+	"github.com/kawase-fx/kawase/eventing/observe/metrictest"
 	"github.com/kawase-fx/kawase/feeder/fixsim"
 )
 
@@ -143,39 +144,11 @@ func (rf *runningFeeder) stop() {
 
 // metric returns the value of a counter or gauge with the given labels (0 when absent).
 func (rf *runningFeeder) metric(name string, labels map[string]string) float64 {
-	families, err := rf.reg.Gather()
+	v, err := metrictest.Value(rf.reg, name, labels)
 	if err != nil {
 		panic(err)
 	}
-	total := 0.0
-	for _, mf := range families {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if !labelsMatch(m.GetLabel(), labels) {
-				continue
-			}
-			total += m.GetCounter().GetValue() + m.GetGauge().GetValue()
-		}
-	}
-	return total
-}
-
-func labelsMatch[L interface {
-	GetName() string
-	GetValue() string
-}](have []L, want map[string]string) bool {
-	n := 0
-	for _, l := range have {
-		if v, ok := want[l.GetName()]; ok {
-			if v != l.GetValue() {
-				return false
-			}
-			n++
-		}
-	}
-	return n == len(want)
+	return v
 }
 
 // logged reports whether a log line with this message was written.

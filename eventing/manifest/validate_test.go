@@ -2,9 +2,9 @@ package manifest
 
 import (
 	"context"
-	"slices"
 	"errors"
 	"io/fs"
+	"slices"
 	"strings"
 	"testing"
 	"testing/fstest"

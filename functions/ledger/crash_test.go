@@ -15,6 +15,7 @@ import (
 
 	"github.com/kawase-fx/kawase/eventing"
 	"github.com/kawase-fx/kawase/eventing/cekafka"
+	"github.com/kawase-fx/kawase/eventing/observe/metrictest"
 	"github.com/kawase-fx/kawase/functions/ledger"
 	"github.com/kawase-fx/kawase/functions/ledger/ledgertest"
 )
@@ -169,23 +170,11 @@ func (e *env) crashRound(t *testing.T, life time.Duration) (replays, failures fl
 	if n := disp.DeadLettered.Load(); n > 0 {
 		t.Errorf("%d commands dead-lettered", n)
 	}
-	mfs, err := reg.Gather()
-	if err != nil {
+	if replays, err = metrictest.Value(reg, "kawase_ledger_commands_total", map[string]string{"outcome": "replay"}); err != nil {
 		t.Fatal(err)
 	}
-	for _, mf := range mfs {
-		for _, m := range mf.GetMetric() {
-			replay := false
-			for _, l := range m.GetLabel() {
-				replay = replay || l.GetName() == "outcome" && l.GetValue() == "replay"
-			}
-			switch {
-			case mf.GetName() == "kawase_ledger_commands_total" && replay:
-				replays += m.GetCounter().GetValue()
-			case mf.GetName() == "kawase_ledger_command_errors_total":
-				failures += m.GetCounter().GetValue()
-			}
-		}
+	if failures, err = metrictest.Value(reg, "kawase_ledger_command_errors_total", nil); err != nil {
+		t.Fatal(err)
 	}
 	return replays, failures
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/kawase-fx/kawase/eventing"
 	"github.com/kawase-fx/kawase/eventing/cekafka"
+	"github.com/kawase-fx/kawase/eventing/observe/metrictest"
 	"github.com/kawase-fx/kawase/functions/ledger"
 	"github.com/kawase-fx/kawase/functions/ledger/ledgertest"
 	ratesv1 "github.com/kawase-fx/kawase/proto/rates/v1"
@@ -55,23 +56,11 @@ func zapNop() *zap.SugaredLogger { return zap.NewNop().Sugar() }
 // when it has not counted yet).
 func (e *env) counter(t *testing.T, name, label, value string) float64 {
 	t.Helper()
-	mfs, err := e.reg.Gather()
+	v, err := metrictest.Value(e.reg, name, map[string]string{label: value})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if lp.GetName() == label && lp.GetValue() == value {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
+	return v
 }
 
 func (e *env) bookReads(t *testing.T, kind string) float64 {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/kawase-fx/kawase/eventing"
 	"github.com/kawase-fx/kawase/eventing/fx"
+	"github.com/kawase-fx/kawase/eventing/observe/metrictest"
 	"github.com/kawase-fx/kawase/eventing/pgdb"
 	"github.com/kawase-fx/kawase/eventing/pgdb/pgtest"
 	"github.com/kawase-fx/kawase/functions/ratekeeper"
@@ -159,23 +160,11 @@ func mustDeliver(t *testing.T, url string, r eventing.RateV1) delivery {
 // counter returns the value of kawase_ratekeeper_rates_total{outcome}.
 func counter(t *testing.T, reg *prometheus.Registry, outcome ratekeeper.Outcome) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
+	v, err := metrictest.Value(reg, "kawase_ratekeeper_rates_total", map[string]string{"outcome": string(outcome)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, mf := range mfs {
-		if mf.GetName() != "kawase_ratekeeper_rates_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "outcome" && l.GetValue() == string(outcome) {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
+	return v
 }
 
 func queryInt(t *testing.T, pool *pgxpool.Pool, sql string, args ...any) int64 {

@@ -43,8 +43,8 @@ func TestColdStartReadyOnlyWithCompleteSnapshot(t *testing.T) {
 		t.Fatalf("/readyz once complete: %d %s", r.status, r.body)
 	}
 	eventually(t, "the older and stale quotes", func() bool {
-		return metricValue(t, env.reg, "kawase_rates_applied_total", "duplicate") >= 1 &&
-			metricValue(t, env.reg, "kawase_rates_applied_total", "stale_epoch") >= 1
+		return metricValue(t, env.reg, "kawase_rates_applied_total", map[string]string{"outcome": "duplicate"}) >= 1 &&
+			metricValue(t, env.reg, "kawase_rates_applied_total", map[string]string{"outcome": "stale_epoch"}) >= 1
 	})
 	want := map[string]string{"USD_JPY": "151.450", "EUR_USD": "1.08470", "GBP_JPY": "191.990", "AUD_USD": "0.65917"}
 	for _, r := range decodeList(t, get(t, env.srv.URL+"/v1/rates").body) {

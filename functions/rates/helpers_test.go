@@ -24,6 +24,7 @@ import (
 	"github.com/kawase-fx/kawase/eventing/cekafka"
 	"github.com/kawase-fx/kawase/eventing/fx"
 	"github.com/kawase-fx/kawase/eventing/observe"
+	"github.com/kawase-fx/kawase/eventing/observe/metrictest"
 	"github.com/kawase-fx/kawase/functions/rates"
 	ratesv1 "github.com/kawase-fx/kawase/proto/rates/v1"
 )
@@ -263,32 +264,14 @@ func problemCode(r response) string {
 	return p.Code
 }
 
-// metricValue returns the value of a counter or gauge, by name and optional label value.
-func metricValue(t *testing.T, reg *prometheus.Registry, name, label string) float64 {
+// metricValue returns the value of a counter or gauge, by name and labels (nil: all series).
+func metricValue(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
+	v, err := metrictest.Value(reg, name, labels)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			match := label == ""
-			for _, l := range m.GetLabel() {
-				match = match || l.GetValue() == label
-			}
-			if !match {
-				continue
-			}
-			if m.GetCounter() != nil {
-				return m.GetCounter().GetValue()
-			}
-			return m.GetGauge().GetValue()
-		}
-	}
-	return 0
+	return v
 }
 
 func mustf(t *testing.T, ok bool, format string, args ...any) {

@@ -110,7 +110,7 @@ func testSSEStream(t *testing.T, hc *http.Client, framing func(*http.Response) b
 	mustf(t, head.StatusCode == http.StatusOK && head.Header.Get("Content-Type") == "text/event-stream", "HEAD: %s", head.Status)
 	// A client that goes away is released, and HEAD holds no stream.
 	eventually(t, "the closed stream released", func() bool {
-		return metricValue(t, env.reg, "kawase_rates_stream_clients", "") == 0
+		return metricValue(t, env.reg, "kawase_rates_stream_clients", nil) == 0
 	})
 	events := streamEventsWith(t, ctx, hc, url)
 
@@ -181,10 +181,10 @@ func TestSSESlowClientDropped(t *testing.T) {
 	defer slow.Close()
 	fmt.Fprintf(slow, "GET /v1/rates/stream HTTP/1.1\r\nHost: rates\r\nAccept: text/event-stream\r\n\r\n")
 	eventually(t, "the slow client dropped", func() bool {
-		return metricValue(t, env.reg, "kawase_rates_stream_dropped_total", "") == 1
+		return metricValue(t, env.reg, "kawase_rates_stream_dropped_total", nil) == 1
 	})
 	eventually(t, "only the reading client left", func() bool {
-		return metricValue(t, env.reg, "kawase_rates_stream_clients", "") == 1
+		return metricValue(t, env.reg, "kawase_rates_stream_clients", nil) == 1
 	})
 	// The dropped stream is cut: reading it drains what was buffered, then the body ends (abruptly:
 	// the blocked write was aborted).
