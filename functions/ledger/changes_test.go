@@ -8,7 +8,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/kawase-fx/kawase/eventing/pgdb"
 	"github.com/kawase-fx/kawase/eventing/pgdb/pgtest"
 )
 
@@ -16,15 +15,7 @@ import (
 func changesDB(t *testing.T) *pgxpool.Pool {
 	t.Helper()
 	ctx := context.Background()
-	url := pgtest.URL(t)
-	if err := Migrate(ctx, url); err != nil {
-		t.Fatal(err)
-	}
-	pool, err := pgdb.Open(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := pgtest.Pool(t, Migrate)
 	if _, err := pool.Exec(ctx, `INSERT INTO ledger.accounts (id, kind, currency) VALUES
 		('A', 'customer', 'JPY'), ('B', 'customer', 'JPY'), ('C', 'customer', 'USD')`); err != nil {
 		t.Fatal(err)

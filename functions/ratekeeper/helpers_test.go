@@ -21,7 +21,6 @@ import (
 	"github.com/kawase-fx/kawase/eventing"
 	"github.com/kawase-fx/kawase/eventing/fx"
 	"github.com/kawase-fx/kawase/eventing/observe/metrictest"
-	"github.com/kawase-fx/kawase/eventing/pgdb"
 	"github.com/kawase-fx/kawase/eventing/pgdb/pgtest"
 	"github.com/kawase-fx/kawase/functions/ratekeeper"
 )
@@ -51,19 +50,12 @@ func startKeeper(t testing.TB, cfg ratekeeper.Config) *keeperEnv {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
-	url := pgtest.URL(t)
-	if err := ratekeeper.Migrate(ctx, url); err != nil {
-		t.Fatal(err)
-	}
-	// Migrating twice is a no-op (replicas starting together).
-	if err := ratekeeper.Migrate(ctx, url); err != nil {
-		t.Fatal(err)
-	}
-	pool, err := pgdb.Open(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := pgtest.Pool(t, func(ctx context.Context, url string) error {
+		if err := ratekeeper.Migrate(ctx, url); err != nil {
+			return err
+		}
+		return ratekeeper.Migrate(ctx, url) // migrating twice is a no-op (replicas starting together)
+	})
 	if _, err := pool.Exec(ctx, `CREATE TABLE public.effects (rate_id text NOT NULL, epoch bigint NOT NULL)`); err != nil {
 		t.Fatal(err)
 	}

@@ -17,7 +17,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/kawase-fx/kawase/eventing"
-	"github.com/kawase-fx/kawase/eventing/pgdb"
 	"github.com/kawase-fx/kawase/eventing/pgdb/pgtest"
 )
 
@@ -125,16 +124,7 @@ func TestLedgerErrorsMapToStatuses(t *testing.T) {
 // idemService is a Service with only what the idempotency store needs, on a real database.
 func idemService(t *testing.T) *Service {
 	t.Helper()
-	ctx := context.Background()
-	url := pgtest.URL(t)
-	if err := Migrate(ctx, url); err != nil {
-		t.Fatal(err)
-	}
-	pool, err := pgdb.Open(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := pgtest.Pool(t, Migrate)
 	cfg := DefaultConfig()
 	cfg.IdempotencyLease = 200 * time.Millisecond
 	m, err := newMetrics(prometheus.NewRegistry())

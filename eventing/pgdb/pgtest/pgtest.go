@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/kawase-fx/kawase/eventing/pgdb"
 )
@@ -107,4 +108,22 @@ func randomSuffix(t testing.TB) string {
 		t.Fatalf("pgtest: %v", err)
 	}
 	return hex.EncodeToString(b)
+}
+
+// Pool returns a pool on a fresh database (URL) that migrate, a service's Migrate, has migrated; the
+// pool is closed when the test ends.
+func Pool(t testing.TB, migrate func(ctx context.Context, url string) error) *pgxpool.Pool {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), setupTimeoutSec*time.Second)
+	defer cancel()
+	url := URL(t)
+	if err := migrate(ctx, url); err != nil {
+		t.Fatal(err)
+	}
+	pool, err := pgdb.Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
 }
