@@ -91,6 +91,29 @@ func runMigrations(ctx context.Context, db *sql.DB, schema string, fsys fs.FS) e
 	if _, err := p.Up(ctx); err != nil {
 		return fmt.Errorf("migrate %s: %w", schema, err)
 	}
+	return checkNotNewer(ctx, db, p, schema)
+}
+
+// ErrSchemaNewer: the database's schema has migrations this binary does not know, so a newer binary
+// migrated it and this one would write it as the older schema did (a rollback without the newer
+// migrations' Down). Permanent until an operator runs those Downs.
+var ErrSchemaNewer = errors.New("database schema is newer than this binary")
+
+// checkNotNewer refuses a database whose version is past the newest migration p knows. It reads the
+// version table itself: the provider's own read would queue for the migration lock again.
+func checkNotNewer(ctx context.Context, conn *sql.DB, p *goose.Provider, schema string) error {
+	var db int64
+	if err := conn.QueryRowContext(ctx, "SELECT coalesce(max(version_id), 0) FROM "+schema+".goose_db_version").Scan(&db); err != nil {
+		return fmt.Errorf("migrate %s: read version: %w", schema, err)
+	}
+	var known int64
+	for _, s := range p.ListSources() {
+		known = max(known, s.Version)
+	}
+	if db > known {
+		return fmt.Errorf("migrate %s: %w: at version %d, this binary knows up to %d; run the Down of migrations %d..%d first",
+			schema, ErrSchemaNewer, db, known, known+1, db)
+	}
 	return nil
 }
 

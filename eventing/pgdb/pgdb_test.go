@@ -3,6 +3,7 @@ package pgdb_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -52,6 +53,25 @@ func TestMigrateOwnsSchemaAndIsIdempotent(t *testing.T) {
 	}
 	if err := pgdb.Migrate(ctx, url, "Bad-Name", fsys); err == nil {
 		t.Error("bad schema name accepted")
+	}
+}
+
+// TestMigrateRefusesNewerSchema: a binary that knows fewer migrations than the database has (a
+// rollback without the newer migrations' Down) refuses to start.
+func TestMigrateRefusesNewerSchema(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.URL(t)
+	first := &fstest.MapFile{Data: []byte("-- +goose Up\nCREATE TABLE gamma.thing (id bigint PRIMARY KEY);\n")}
+	second := &fstest.MapFile{Data: []byte("-- +goose Up\nALTER TABLE gamma.thing ADD COLUMN n int;\n")}
+	if err := pgdb.Migrate(ctx, url, "gamma", fstest.MapFS{"00001_init.sql": first, "00002_n.sql": second}); err != nil {
+		t.Fatal(err)
+	}
+	err := pgdb.Migrate(ctx, url, "gamma", fstest.MapFS{"00001_init.sql": first})
+	if !errors.Is(err, pgdb.ErrSchemaNewer) {
+		t.Fatalf("older binary: %v, want ErrSchemaNewer", err)
+	}
+	if err := pgdb.Migrate(ctx, url, "gamma", fstest.MapFS{"00001_init.sql": first, "00002_n.sql": second}); err != nil {
+		t.Fatalf("same binary again: %v", err)
 	}
 }
 
