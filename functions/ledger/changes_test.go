@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"testing"
 	"time"
@@ -100,7 +101,7 @@ func TestBookChangesArePruned(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	horizons, err := pruneRound(ctx, pool, nil, start) // notes a horizon above A's transaction
+	horizons, err := pruneRound(ctx, pool, nil, func() time.Time { return start }) // notes a horizon above A's transaction
 	if err != nil || len(horizons) != 1 {
 		t.Fatalf("first round: %v, %d horizons", err, len(horizons))
 	}
@@ -114,13 +115,13 @@ func TestBookChangesArePruned(t *testing.T) {
 		}
 		return ids
 	}
-	if horizons, err = pruneRound(ctx, pool, horizons, start.Add(bookChangesRetentionMs*time.Millisecond/2)); err != nil {
+	if horizons, err = pruneRound(ctx, pool, horizons, func() time.Time { return start.Add(bookChangesRetentionMs * time.Millisecond / 2) }); err != nil {
 		t.Fatal(err)
 	}
 	if got := left(); !slices.Equal(got, []string{"A", "B"}) {
 		t.Fatalf("before the retention passed, left %v, want [A B]", got)
 	}
-	if horizons, err = pruneRound(ctx, pool, horizons, start.Add(bookChangesRetentionMs*time.Millisecond)); err != nil {
+	if horizons, err = pruneRound(ctx, pool, horizons, func() time.Time { return start.Add(bookChangesRetentionMs * time.Millisecond) }); err != nil {
 		t.Fatal(err)
 	}
 	if got := left(); !slices.Equal(got, []string{"B"}) {
@@ -148,5 +149,40 @@ func TestPruneCutoff(t *testing.T) {
 	cutoff, rest, ok := pruneCutoff(hs, t0.Add(75*time.Second), time.Minute)
 	if !ok || cutoff.xmin != "2" || len(rest) != 1 || rest[0].xmin != "3" {
 		t.Fatalf("at 75 s: cutoff %+v ok=%v rest %+v", cutoff, ok, rest)
+	}
+}
+
+// TestBookChangesNoticePruning: a read whose previous snapshot is older than a prune's cutoff
+// answers errChangesPruned (rows it needs may be gone), whatever the clocks said; an older cutoff
+// does not disturb it.
+func TestBookChangesNoticePruning(t *testing.T) {
+	ctx := context.Background()
+	pool := changesDB(t)
+	since, err := readBookSnapshot(ctx, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var before string // a horizon below every transaction after since
+	if err := pool.QueryRow(ctx, `SELECT pg_snapshot_xmin($1::pg_snapshot)::text`, since).Scan(&before); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO ledger.book_changes (accounts) VALUES ('{A}')`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := deleteBookChanges(ctx, pool, before); err != nil {
+		t.Fatal(err)
+	}
+	if ids, _, err := readBookChanges(ctx, pool, since); err != nil || !slices.Equal(ids, []string{"A"}) {
+		t.Fatalf("after a prune below since: %v, %v; want [A]", ids, err)
+	}
+	var now string
+	if err := pool.QueryRow(ctx, `SELECT pg_snapshot_xmin(pg_current_snapshot())::text`).Scan(&now); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := deleteBookChanges(ctx, pool, now); err != nil || n != 1 {
+		t.Fatalf("prune above A's transaction deleted %d rows (%v), want 1", n, err)
+	}
+	if _, _, err := readBookChanges(ctx, pool, since); !errors.Is(err, errChangesPruned) {
+		t.Fatalf("after a prune above since: %v, want errChangesPruned", err)
 	}
 }

@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -162,7 +163,11 @@ func (w *watcher) tick(ctx context.Context, now time.Time) error {
 		if full {
 			read = w.reload
 		}
-		if err := read(ctx); err != nil {
+		err := read(ctx)
+		if errors.Is(err, errChangesPruned) {
+			full, err = true, w.reload(ctx)
+		}
+		if err != nil {
 			w.snapshot = "" // read the whole book next time
 			return err
 		}

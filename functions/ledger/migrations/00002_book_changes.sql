@@ -13,6 +13,15 @@ CREATE TABLE ledger.book_changes (
 );
 CREATE INDEX book_changes_xid ON ledger.book_changes (xid);
 
+-- book_changes_pruned holds the highest cutoff a prune has used (rows with xid below it are gone),
+-- written in the prune's transaction. A watcher whose previous snapshot's xmin is below it may have
+-- lost rows it needs, so it reads the whole book: whatever the clocks and delays, no change is missed.
+CREATE TABLE ledger.book_changes_pruned (
+    one     boolean PRIMARY KEY DEFAULT true CHECK (one),
+    cutoff  xid8 NOT NULL
+);
+INSERT INTO ledger.book_changes_pruned (cutoff) VALUES ('0');
+
 -- +goose StatementBegin
 CREATE FUNCTION ledger.record_book_changes() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -30,4 +39,5 @@ CREATE TRIGGER accounts_book_changes AFTER UPDATE ON ledger.accounts
 -- +goose Down
 DROP TRIGGER accounts_book_changes ON ledger.accounts;
 DROP FUNCTION ledger.record_book_changes();
+DROP TABLE ledger.book_changes_pruned;
 DROP TABLE ledger.book_changes;
