@@ -108,8 +108,8 @@ func (c *candleSet) addRollup(pair fx.Pair, from time.Time, hasFrom bool, to tim
 	r.to = append(r.to, pgtype.Timestamptz{Time: to, Valid: true})
 }
 
-// mergeCandleSQL merges a candle (EXCLUDED) into the stored one (c) of its bucket, which holds earlier ticks:
-// the open stays, high and low widen, the close and the volume follow.
+// mergeCandleSQL merges a candle (EXCLUDED) into the stored one (c) of its bucket, which holds
+// earlier ticks: the open stays, high and low widen, the close and the volume follow.
 const mergeCandleSQL = `
 ON CONFLICT (pair, granularity, bucket) DO UPDATE SET
   high_bid = GREATEST(c.high_bid, EXCLUDED.high_bid), low_bid = LEAST(c.low_bid, EXCLUDED.low_bid),

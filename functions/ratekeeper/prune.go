@@ -24,9 +24,9 @@ const pruneTicksSQL = `DELETE FROM ratekeeper.ticks WHERE ctid = ANY(ARRAY(
 const pruneCandlesSQL = `DELETE FROM ratekeeper.candles WHERE pair = $1 AND granularity = 'S5' AND bucket < $2
   AND bucket < coalesce((SELECT rolled_up_to FROM ratekeeper.marks WHERE pair = $1), '-infinity')`
 
-// prune deletes ticks and S5 candles older than TickRetention (but those not yet rolled up). A failed round is logged and tried
-// again on the next tick (bounded by the interval); the marks, which make processing exactly-once,
-// are never pruned.
+// prune deletes ticks and S5 candles older than TickRetention (but S5 candles not yet rolled up). A
+// failed round is logged and tried again on the next tick (bounded by the interval); the marks,
+// which make processing exactly-once, are never pruned.
 func (k *Keeper) prune(ctx context.Context) error {
 	t := time.NewTicker(pruneIntervalMs * time.Millisecond)
 	defer t.Stop()
