@@ -68,7 +68,12 @@ func run(ctx context.Context) error {
 	only := flag.String("only", "", "run only scenarios whose name contains this (cloudevents-kafka, system); skips the Go benchmarks")
 	skipGo := flag.Bool("skip-go-bench", false, "skip the Go benchmarks")
 	readme := flag.String("readme", "README.md", "README whose bench table to refresh (empty: leave every README alone)")
+	bareBody := flag.String("bare-body", "", "internal: serve this file's bytes as the bare server the GET load is compared with, and nothing else")
+	bareEncoding := flag.String("bare-encoding", "", "internal: the bare server's Content-Encoding")
 	flag.Parse()
+	if *bareBody != "" {
+		return serveBare(*bareBody, *bareEncoding)
+	}
 	machine := machineName()
 	var figs []figure
 	for _, s := range scenarios {

@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"net"
-	"net/http"
 	"strconv"
 	"time"
 
@@ -61,7 +59,7 @@ func measureRatesGetEncoding(ctx context.Context, s *systemRun, acceptEncoding, 
 	if err != nil {
 		return nil, err
 	}
-	bareURL, stopBare, err := startBare(body, contentEncoding)
+	bareURL, stopBare, err := startBare(ctx, body, contentEncoding)
 	if err != nil {
 		return nil, fmt.Errorf("bare net/http: %w", err)
 	}
@@ -74,7 +72,7 @@ func measureRatesGetEncoding(ctx context.Context, s *systemRun, acceptEncoding, 
 	note := fmt.Sprintf("the most it answers: closed loop, %d keep-alive clients each sending its next request when answered, %d rounds of %v alternating with the bare server, %d-byte answers, wrk-like load generator (raw HTTP/1.1) on the same cores; latency: worst round",
 		ratesLoadClients, ratesLoadRounds, ratesLoadRound, len(body))
 	figs := closed[0].figures(what, note)
-	figs = append(figs, closed[1].figures("bare net/http, same "+label+" bytes", "the ceiling of this machine for the same load")...)
+	figs = append(figs, closed[1].figures("bare net/http, same "+label+" bytes", "in a process of its own, as kawase is: what serving fixed bytes costs on this machine under the same load")...)
 	figs = append(figs, figure{Name: what + " ÷ bare net/http", Value: strconv.FormatFloat(closed[0].perSec()/closed[1].perSec(), 'f', 2, 64),
 		Unit: "ratio", Note: "goal ≥ 0.8; 1.00 = no overhead over serving fixed bytes"})
 	open, err := alternateRounds(ctx, s, url, bareURL, acceptEncoding, ratesGoalReqPerSec)
@@ -174,25 +172,6 @@ func getLoad(ctx context.Context, url, acceptEncoding string, d time.Duration, o
 	}
 	fmt.Printf("      %s (Accept-Encoding %q): %v\n", url, acceptEncoding, res)
 	return res, nil
-}
-
-// startBare serves body from a plain net/http server on loopback, to be measured like kawase.
-func startBare(body []byte, contentEncoding string) (string, func(), error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", nil, err
-	}
-	length := strconv.Itoa(len(body))
-	srv := &http.Server{ReadHeaderTimeout: devHTTPTimeoutS * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		if contentEncoding != "" {
-			w.Header().Set("Content-Encoding", contentEncoding)
-		}
-		w.Header().Set("Content-Length", length)
-		_, _ = w.Write(body)
-	})}
-	go func() { _ = srv.Serve(ln) }()
-	return "http://" + ln.Addr().String() + "/v1/rates", func() { _ = srv.Close() }, nil
 }
 
 // measureStream holds streamClients SSE clients on /v1/rates/stream (fewer when the open-files limit
