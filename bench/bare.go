@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -44,6 +45,7 @@ func startBare(ctx context.Context, body []byte, contentEncoding string) (string
 	}
 	cmd := exec.Command(self, "-bare-body", path, "-bare-encoding", contentEncoding)
 	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // dies with the bench
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		os.Remove(path)
