@@ -239,6 +239,14 @@ const freshnessIdleS = 15
 // carries its 1,000 rates/s: the path's own latency, without a load generator competing for the
 // same cores.
 func measureFreshnessIdle(ctx context.Context, s *systemRun) ([]figure, error) {
+	groups, err := devCPUGroups(s.dev)
+	if err != nil {
+		return nil, err
+	}
+	cpuBefore, err := sampleCPU(groups)
+	if err != nil {
+		return nil, err
+	}
 	before, err := scrapeMetrics(ctx, s.dev.state.HTTP)
 	if err != nil {
 		return nil, err
@@ -252,9 +260,15 @@ func measureFreshnessIdle(ctx context.Context, s *systemRun) ([]figure, error) {
 	if err != nil {
 		return nil, err
 	}
+	cpuAfter, err := sampleCPU(groups)
+	if err != nil {
+		return nil, err
+	}
 	h := histogramOf(after, freshnessMetric).minus(histogramOf(before, freshnessMetric))
-	return freshnessFigures("rate freshness, no other load", h,
+	figs, err := freshnessFigures("rate freshness, no other load", h,
 		fmt.Sprintf("%d s with only the rates flowing", freshnessIdleS))
+	// What the steady rates cost is what every other whole-system figure is measured beside.
+	return append(figs, cpuFigures("CPU with only the rates flowing", groups, cpuBefore, cpuAfter)...), err
 }
 
 // scrapeFreshnessBefore records the freshness histogram before the rates loads.
