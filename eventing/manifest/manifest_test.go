@@ -213,10 +213,18 @@ func TestRatesSizedForViewers(t *testing.T) {
 
 func TestTradeFunctionsScaleToZero(t *testing.T) {
 	s := loadConfig(t)
-	for _, name := range []string{"ratekeeper", "trading", "ledger", "relay", "deadletters"} {
+	for _, name := range []string{"ratekeeper", "trading", "relay", "deadletters"} {
 		if got := annotationInt(t, s.Service(name), servingautoscaling.MinScaleAnnotationKey); got != 0 {
 			t.Errorf("Service %s: min-scale %d, want 0", name, got)
 		}
+	}
+}
+
+// The ledger's watcher fires limit/stop triggers, expires GTD orders and closes out accounts as
+// prices move, and its outbox sweep runs beside it; nothing but a command wakes a Service at zero.
+func TestLedgerNeverScalesToZero(t *testing.T) {
+	if got := annotationInt(t, loadConfig(t).Service("ledger"), servingautoscaling.MinScaleAnnotationKey); got < 1 {
+		t.Errorf("Service ledger: min-scale %d, want at least 1", got)
 	}
 }
 
