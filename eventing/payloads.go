@@ -60,6 +60,11 @@ func (r *RateV1) Validate() error {
 			return invalidf("%v", err)
 		}
 	}
+	for _, size := range []decimal.Decimal{r.BidSize, r.AskSize} {
+		if err := fx.CheckMagnitude(size); err != nil {
+			return invalidf("%s size: %v", r.Pair, err)
+		}
+	}
 	if r.Bid.GreaterThan(r.Ask) {
 		return invalidf("%s crossed quote: bid %s > ask %s", r.Pair, r.Bid, r.Ask)
 	}
@@ -193,6 +198,9 @@ func (o *OrderSpec) Validate() error {
 	}
 	if o.Side != SideBuy && o.Side != SideSell {
 		return invalidf("side must be buy or sell, not %q", o.Side)
+	}
+	if err := fx.CheckMagnitude(o.Units); err != nil {
+		return invalidf("units: %v", err)
 	}
 	if !o.Units.IsPositive() || !o.Units.IsInteger() {
 		return invalidf("units must be a positive whole number, not %s", o.Units)

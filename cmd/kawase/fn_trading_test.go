@@ -614,6 +614,11 @@ func TestTradingOrdersEndToEnd(t *testing.T) {
 		{http.MethodPost, path + "/orders", []byte(`{"pair":"USD_JPY","side":"buy","units":"1","color":"red"}`), http.StatusBadRequest, "invalid_json"},
 		{http.MethodPost, path + "/orders", map[string]string{"pair": "USD_JPY", "side": "buy", "units": "1.5"}, http.StatusUnprocessableEntity, "invalid_order"},
 		{http.MethodPost, path + "/orders", map[string]string{"pair": "XXX_YYY", "side": "buy", "units": "1"}, http.StatusUnprocessableEntity, "invalid_order"},
+		// Three bytes of exponent that would take gigabytes to compare or write out, and a price
+		// that would make a command too large for the ledger after trading accepted it.
+		{http.MethodPost, path + "/orders", map[string]string{"pair": "USD_JPY", "side": "buy", "units": "1e2000000000"}, http.StatusUnprocessableEntity, "invalid_order"},
+		{http.MethodPost, path + "/orders", map[string]string{"pair": "USD_JPY", "side": "buy", "units": "1", "type": "limit", "price": "1e70000"}, http.StatusUnprocessableEntity, "invalid_order"},
+		{http.MethodPost, path + "/orders", map[string]string{"pair": "USD_JPY", "side": "buy", "units": "1", "priceBound": "1e-2000000000"}, http.StatusUnprocessableEntity, "invalid_order"},
 		{http.MethodPost, path + "/orders", bytes.Repeat([]byte(" "), 20<<10), http.StatusRequestEntityTooLarge, "body_too_large"},
 		{http.MethodGet, path + "/orders/nope", nil, http.StatusNotFound, "order_not_found"},
 		{http.MethodPut, path + "/orders/nope", nil, http.StatusMethodNotAllowed, "method_not_allowed"},

@@ -154,8 +154,39 @@ func ParsePairList(s string) ([]Pair, error) {
 	return out, nil
 }
 
+// Bounds of any decimal that arrives from outside (a request, an event, a quote). Parsing
+// "1e2000000000" is cheap, but comparing it with another number, or writing it out, needs all of its
+// two billion digits. Every price, quantity and amount kawase holds is far inside these.
+const (
+	// decimalExponentMax and decimalExponentMin bound the power of ten a decimal is written with.
+	decimalExponentMax = 20
+	decimalExponentMin = -20
+	// decimalCoefficientBitsMax bounds its digits: 2^133 is about 1.1e40.
+	decimalCoefficientBitsMax = 133
+)
+
+// ErrMagnitude is returned for a decimal written with more digits or a larger power of ten than any
+// price, quantity or amount can need.
+var ErrMagnitude = errors.New("decimal out of range")
+
+// CheckMagnitude reports ErrMagnitude unless d's exponent and digits are within the bounds above. Call
+// it on a decimal from outside before any comparison or arithmetic, which may cost as much as its
+// digits.
+func CheckMagnitude(d decimal.Decimal) error {
+	if e := d.Exponent(); e > decimalExponentMax || e < decimalExponentMin {
+		return fmt.Errorf("%w: exponent %d is outside %d..%d", ErrMagnitude, e, decimalExponentMin, decimalExponentMax)
+	}
+	if bits := d.Coefficient().BitLen(); bits > decimalCoefficientBitsMax {
+		return fmt.Errorf("%w: %d significant bits, at most %d", ErrMagnitude, bits, decimalCoefficientBitsMax)
+	}
+	return nil
+}
+
 // CheckPrice reports whether price is a positive price of pair with no more decimals than its precision.
 func (s PairSpec) CheckPrice(price decimal.Decimal) error {
+	if err := CheckMagnitude(price); err != nil {
+		return fmt.Errorf("%s price: %w", s.Pair, err)
+	}
 	if !price.IsPositive() {
 		return fmt.Errorf("%s price %s is not positive", s.Pair, price)
 	}

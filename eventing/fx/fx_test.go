@@ -26,6 +26,31 @@ func TestCatalogueHasFiftyPairsWithPrecision(t *testing.T) {
 	}
 }
 
+func TestCheckMagnitude(t *testing.T) {
+	for _, c := range []struct {
+		d    string
+		want bool // in range
+	}{
+		{"151.420", true}, {"100000000", true}, {"1e20", true}, {"1e-20", true}, {"0", true},
+		{"-123456789012345678901234567890.12345678", true}, // 38 digits
+		{"1e21", false}, {"1e-21", false}, {"1e2000000000", false}, {"-1e-2000000000", false},
+		{"12345678901234567890123456789012345678901", false}, // 41 digits
+	} {
+		err := CheckMagnitude(decimal.RequireFromString(c.d))
+		if (err == nil) != c.want || err != nil && !errors.Is(err, ErrMagnitude) {
+			t.Errorf("CheckMagnitude(%s) = %v, want in range %v", c.d, err, c.want)
+		}
+	}
+	usdjpy, err := Lookup("USD_JPY")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Positive and precise enough, yet seventy thousand digits written out.
+	if err := usdjpy.CheckPrice(decimal.RequireFromString("1e70000")); !errors.Is(err, ErrMagnitude) {
+		t.Errorf("CheckPrice(1e70000) = %v, want ErrMagnitude", err)
+	}
+}
+
 func TestCheckPrice(t *testing.T) {
 	usdjpy, err := Lookup("USD_JPY")
 	if err != nil {

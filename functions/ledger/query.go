@@ -70,8 +70,11 @@ func pageSize(n int32) (int, error) {
 // OpenAccount opens an account (see Ledger.OpenAccount) and returns it valued.
 func (s *queryServer) OpenAccount(ctx context.Context, r *ledgerv1.OpenAccountRequest) (*ledgerv1.OpenAccountResponse, error) {
 	deposit, err := decimal.NewFromString(r.GetDeposit())
+	if err == nil {
+		err = fx.CheckMagnitude(deposit)
+	}
 	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "deposit %q is not a decimal", r.GetDeposit())
+		return nil, status.Errorf(codes.InvalidArgument, "deposit %q is not a decimal in range: %v", r.GetDeposit(), err)
 	}
 	created, err := s.l.OpenAccount(ctx, r.GetAccountId(), fx.Currency(r.GetCurrency()), deposit)
 	if err != nil {

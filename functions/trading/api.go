@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/kawase-fx/kawase/eventing"
+	"github.com/kawase-fx/kawase/eventing/fx"
 	"github.com/kawase-fx/kawase/eventing/observe"
 	ledgerv1 "github.com/kawase-fx/kawase/proto/ledger/v1"
 )
@@ -376,7 +377,7 @@ func (s *Service) openAccount(w http.ResponseWriter, r *http.Request, _ principa
 	if !decodeJSON(w, body, &req) {
 		return
 	}
-	if req.Currency != "JPY" && req.Currency != "USD" || req.Deposit.IsNegative() {
+	if req.Currency != "JPY" && req.Currency != "USD" || fx.CheckMagnitude(req.Deposit) != nil || req.Deposit.IsNegative() {
 		observe.WriteProblem(w, observe.Problem{Status: http.StatusUnprocessableEntity, Code: "invalid_account",
 			Title: "invalid account", Detail: "currency is JPY or USD; deposit is a non-negative decimal string"})
 		return
@@ -435,14 +436,15 @@ func (req OrderRequest) orderSpec() (*eventing.OrderSpec, error) {
 			spec.TimeInForce = eventing.TimeInForceFOK
 		}
 	}
-	if spec.Units.GreaterThan(decimal.NewFromInt(unitsMax)) {
-		return nil, fmt.Errorf("%w: units above %d", eventing.ErrInvalid, unitsMax)
-	}
 	if spec.ClientOrderID != "" && !clientOrderIDPattern.MatchString(spec.ClientOrderID) {
 		return nil, fmt.Errorf("%w: clientOrderId must be 1-%d of A-Z a-z 0-9 _ . : -", eventing.ErrInvalid, clientOrderIDMax)
 	}
+	// Validate first: it bounds every decimal's magnitude before anything compares them.
 	if err := spec.Validate(); err != nil {
 		return nil, err
+	}
+	if spec.Units.GreaterThan(decimal.NewFromInt(unitsMax)) {
+		return nil, fmt.Errorf("%w: units above %d", eventing.ErrInvalid, unitsMax)
 	}
 	return spec, nil
 }

@@ -62,6 +62,7 @@ func TestOrderSpecDefaultsAndLimits(t *testing.T) {
 		"price on market":  {Pair: "USD_JPY", Side: "buy", Units: decimal.NewFromInt(1), Price: &p},
 		"unknown pair":     {Pair: "ABC_DEF", Side: "buy", Units: decimal.NewFromInt(1)},
 		"fractional units": {Pair: "USD_JPY", Side: "buy", Units: decimal.RequireFromString("0.5")},
+		"huge exponent":    {Pair: "USD_JPY", Side: "buy", Units: decimal.RequireFromString("1e2000000000")},
 	} {
 		if _, err := req.orderSpec(); !errors.Is(err, eventing.ErrInvalid) {
 			t.Errorf("%s: err = %v, want ErrInvalid", name, err)
