@@ -503,6 +503,32 @@ func TestTradingIdempotency(t *testing.T) {
 		t.Fatalf("executions = %d, %v", executions, err)
 	}
 	t.Logf("answers: %v", statuses)
+	// Once the key's record has expired, the key with another order places that order; with the
+	// first order again it is answered with the first order, which the ledger already applied.
+	var first trading.OrderView
+	if err := json.Unmarshal(firstBody, &first); err != nil {
+		t.Fatal(err)
+	}
+	forget := func() {
+		if _, err := st.pool.Exec(context.Background(), `DELETE FROM trading.idempotency WHERE key = 'key-1'`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	forget()
+	var second trading.OrderView
+	status, body = st.do(t, http.MethodPost, "/v1/accounts/"+a.ID+"/orders", a.Token, other, key)
+	if status != http.StatusCreated || json.Unmarshal(body, &second) != nil || second.ID == first.ID || second.Side != "sell" {
+		t.Fatalf("other body, expired key: %d %s (first order %s)", status, body, first.ID)
+	}
+	forget()
+	var again trading.OrderView
+	status, body = st.do(t, http.MethodPost, "/v1/accounts/"+a.ID+"/orders", a.Token, order, key)
+	if status != http.StatusCreated || json.Unmarshal(body, &again) != nil || again.ID != first.ID {
+		t.Fatalf("first body, expired key: %d %s (first order %s)", status, body, first.ID)
+	}
+	if err := st.pool.QueryRow(context.Background(), `SELECT count(*) FROM ledger.executions WHERE account_id = $1`, a.ID).Scan(&executions); err != nil || executions != 2 {
+		t.Fatalf("executions after the expired key's two orders = %d, %v; want 2", executions, err)
+	}
 	// Account creation is idempotent too, but its token is never stored: a replay shows the account
 	// without it.
 	acctKey := http.Header{"Idempotency-Key": {"open-1"}}

@@ -469,7 +469,10 @@ func (s *Service) place(w http.ResponseWriter, ctx context.Context, acct string,
 			Title: "invalid order", Detail: err.Error()})
 		return
 	}
-	orderID := derivedID("o_", orderIDRandomBytes, key, acct)
+	// The id follows the key and the order asked for: a key reused for another order once its record
+	// has expired (or was released by a failure) places that order, rather than being answered with
+	// the first one, whose id the ledger's inbox remembers for good.
+	orderID := derivedID("o_", orderIDRandomBytes, key, acct, string(mustJSON(spec)))
 	cmd := &eventing.OrderCommandV1{CommandID: "place:" + orderID, Kind: eventing.CommandPlace, AccountID: acct,
 		OrderID: orderID, Order: spec, RequestedAt: started.UTC()}
 	res, ok := s.submit(w, ctx, cmd, deadline)
