@@ -3,9 +3,12 @@ package eventing
 import (
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/shopspring/decimal"
 
@@ -49,6 +52,72 @@ type RateV1 struct {
 // PartitionKey orders rates per pair.
 func (r *RateV1) PartitionKey() string { return string(r.Pair) }
 
+// labelBytesMax bounds a quote's id and session name: far above any provider's, and far below what
+// a PostgreSQL index entry holds (the tick history is unique on the quote id).
+const labelBytesMax = 128
+
+// checkLabel refuses an identifier that is too long, not UTF-8, or holds a control character (which
+// PostgreSQL's text refuses, NUL above all): found only when a batch of ticks is written, it would
+// fail every rate in the batch instead of the one.
+func checkLabel(v string) error {
+	if len(v) > labelBytesMax {
+		return fmt.Errorf("%d bytes, at most %d", len(v), labelBytesMax)
+	}
+	if !utf8.ValidString(v) {
+		return errors.New("not UTF-8")
+	}
+	for _, c := range v {
+		if unicode.IsControl(c) {
+			return fmt.Errorf("control character %U", c)
+		}
+	}
+	return nil
+}
+
+// Bounds of a real quote (RateV1.CheckRange).
+const (
+	// providerTimeAheadMaxMs is how far ahead of the reader's clock a provider time may be.
+	providerTimeAheadMaxMs = 60_000
+	// priceBandFactor bounds a price to [mid/factor, mid*factor] of the pair's reference mid: a price
+	// outside is a corrupt quote, not a market move.
+	priceBandFactor = 10
+)
+
+// providerTimeMin is the earliest provider time accepted; anything before is a corrupt timestamp.
+var providerTimeMin = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// ErrOutOfRange marks a well-formed rate whose time or price cannot be a real quote; like ErrInvalid
+// it is permanent.
+var ErrOutOfRange = errors.New("rate out of range")
+
+// CheckRange refuses a validated rate whose provider time or prices cannot be real. Every reader that
+// keeps a per-pair high-water mark (the feeder before publishing, the ratekeeper, every rates replica)
+// applies it: a provider time far in the future would become the pair's mark and make every real rate
+// after it look old, freezing the pair.
+func (r *RateV1) CheckRange(now time.Time) error {
+	if r.ProviderTime.Before(providerTimeMin) {
+		return fmt.Errorf("%w: %s provider time %s is before %s", ErrOutOfRange, r.Pair,
+			r.ProviderTime.Format(time.RFC3339), providerTimeMin.Format(time.RFC3339))
+	}
+	if r.ProviderTime.Sub(now) > providerTimeAheadMaxMs*time.Millisecond {
+		return fmt.Errorf("%w: %s provider time %s is more than %d ms ahead of %s", ErrOutOfRange, r.Pair,
+			r.ProviderTime.Format(time.RFC3339Nano), providerTimeAheadMaxMs, now.Format(time.RFC3339Nano))
+	}
+	spec, err := fx.Lookup(r.Pair)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrOutOfRange, err)
+	}
+	factor := decimal.NewFromInt(priceBandFactor)
+	low, high := spec.ReferenceMid.Div(factor), spec.ReferenceMid.Mul(factor)
+	for _, p := range []decimal.Decimal{r.Bid, r.Ask} {
+		if p.LessThan(low) || p.GreaterThan(high) {
+			return fmt.Errorf("%w: %s price %s is outside %s..%s", ErrOutOfRange, r.Pair, p,
+				spec.FormatPrice(low), spec.FormatPrice(high))
+		}
+	}
+	return nil
+}
+
 // Validate checks the pair, prices, precision and identity of the quote.
 func (r *RateV1) Validate() error {
 	spec, err := fx.Lookup(r.Pair)
@@ -73,6 +142,14 @@ func (r *RateV1) Validate() error {
 	}
 	if r.ProviderTime.IsZero() || r.QuoteID == "" {
 		return invalidf("%s quote lacks provider time or quote id", r.Pair)
+	}
+	for _, f := range []struct{ name, v string }{{"quote id", r.QuoteID}, {"session", r.Session}} {
+		if err := checkLabel(f.v); err != nil {
+			return invalidf("%s %s: %v", r.Pair, f.name, err)
+		}
+	}
+	if r.MsgSeqNum < 0 || r.MsgSeqNum > math.MaxInt32 {
+		return invalidf("%s msgSeqNum %d is outside 0..%d", r.Pair, r.MsgSeqNum, math.MaxInt32)
 	}
 	if r.Epoch <= 0 {
 		return invalidf("%s quote has no feeder epoch", r.Pair)

@@ -36,7 +36,7 @@ var tradingSchemaURIs = []string{
 var schemaKeywords = map[string]bool{
 	"$schema": true, "$id": true, "title": true, "description": true, "type": true, "properties": true,
 	"required": true, "additionalProperties": true, "pattern": true, "enum": true, "format": true,
-	"minimum": true, "minLength": true,
+	"minimum": true, "minLength": true, "maximum": true, "maxLength": true,
 }
 
 // loadSchema reads and parses the embedded document a dataschema URI names.
@@ -258,6 +258,9 @@ func checkValue(where string, s map[string]any, v any) []string {
 		if n, ok := s["minLength"].(float64); ok && float64(len([]rune(str))) < n {
 			fail("%q is shorter than %v", str, n)
 		}
+		if n, ok := s["maxLength"].(float64); ok && float64(len([]rune(str))) > n {
+			fail("%q is longer than %v", str, n)
+		}
 		if s["format"] == "date-time" {
 			if _, err := time.Parse(time.RFC3339Nano, str); err != nil {
 				fail("%q is not an RFC 3339 date-time: %v", str, err)
@@ -268,6 +271,11 @@ func checkValue(where string, s map[string]any, v any) []string {
 		if lo, ok := s["minimum"].(float64); ok {
 			if f, err := n.Float64(); err != nil || f < lo {
 				fail("%s is below the minimum %v", n, lo)
+			}
+		}
+		if hi, ok := s["maximum"].(float64); ok {
+			if f, err := n.Float64(); err != nil || f > hi {
+				fail("%s is above the maximum %v", n, hi)
 			}
 		}
 	}
@@ -536,6 +544,9 @@ func TestSchemaCheckerRefusesBadPayloads(t *testing.T) {
 		{"bad time", rate, `{"providerTime":"2026-11-30 09:15"}`, "not an RFC 3339 date-time"},
 		{"missing required", rate, `{"pair":"USD_JPY"}`, `required property "epoch" missing`},
 		{"below minimum", rate, `{"epoch":0}`, "below the minimum"},
+		{"above maximum", rate, `{"msgSeqNum":2147483648}`, "above the maximum"},
+		{"too long", rate, `{"session":"` + strings.Repeat("s", 129) + `"}`, "longer than"},
+		{"control character", rate, `{"quoteId":"17\u0000"}`, "does not match"},
 		{"integer as string", rate, `{"seq":"9"}`, "$.seq: string, want integer"},
 		{"not in enum", request, `{"accountId":"a","action":"replace"}`, `replace is not one of`},
 		{"nested enum", request, `{"accountId":"a","action":"place","order":{"pair":"USD_JPY","side":"long","units":"1"}}`,

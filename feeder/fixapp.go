@@ -403,6 +403,10 @@ func (a *sessionApp) emit(st stamp, pair fx.Pair, ps *pairState) {
 		r.Epoch = a.t.lease.Epoch()
 		err = r.Validate()
 	}
+	if err == nil {
+		// A provider time far ahead would freeze the pair for every reader (see CheckRange).
+		err = r.CheckRange(st.receivedAt)
+	}
 	if err != nil {
 		if !errors.Is(err, errIncompleteQuote) {
 			a.invalidQuote(fixspec.Symbol(pair), err)

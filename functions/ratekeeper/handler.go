@@ -5,31 +5,21 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"time"
 
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
-	"github.com/shopspring/decimal"
 
 	"github.com/kawase-fx/kawase/eventing"
-	"github.com/kawase-fx/kawase/eventing/fx"
 	"github.com/kawase-fx/kawase/eventing/observe"
 )
 
 // Limits of a delivery.
 const (
-	eventBytesMax          = 64 << 10
-	providerTimeAheadMaxMs = 60_000
-	// priceBandFactor bounds a price to [mid/factor, mid*factor] of the pair's reference mid: a price
-	// outside is a corrupt quote, not a market move.
-	priceBandFactor = 10
+	eventBytesMax = 64 << 10
 )
 
-// providerTimeMin is the earliest provider time accepted; anything before is a corrupt timestamp.
-var providerTimeMin = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
-
-// ErrOutOfRange marks a well-formed rate whose time or price cannot be a real quote; like
-// eventing.ErrInvalid it is permanent.
-var ErrOutOfRange = errors.New("rate out of range")
+// ErrOutOfRange marks a well-formed rate whose time or price cannot be a real quote (see
+// eventing.RateV1.CheckRange); like eventing.ErrInvalid it is permanent.
+var ErrOutOfRange = eventing.ErrOutOfRange
 
 // Handler is the KafkaSource sink: POST / with one kawase.rate.v1 CloudEvent (binary or structured
 // mode). It answers 200 once the rate is processed or found already processed, 4xx (dead-letter) for
@@ -49,7 +39,7 @@ func (k *Keeper) receiveRate(w http.ResponseWriter, r *http.Request) {
 	}
 	rate, err := eventing.Decode[eventing.RateV1](*ev, eventing.TypeRate)
 	if err == nil {
-		err = checkRange(rate, k.cfg.Now())
+		err = rate.CheckRange(k.cfg.Now())
 	}
 	if err != nil {
 		k.refuse(w, decodeProblem(err))
@@ -97,30 +87,4 @@ func decodeProblem(err error) observe.Problem {
 		p.Code, p.Title = "rate_out_of_range", "rate out of range"
 	}
 	return p
-}
-
-// checkRange refuses a validated rate whose provider time or prices cannot be real: a time far in
-// the future would become the pair's high-water mark and block every real rate after it.
-func checkRange(r *eventing.RateV1, now time.Time) error {
-	if r.ProviderTime.Before(providerTimeMin) {
-		return fmt.Errorf("%w: %s provider time %s is before %s", ErrOutOfRange, r.Pair,
-			r.ProviderTime.Format(time.RFC3339), providerTimeMin.Format(time.RFC3339))
-	}
-	if r.ProviderTime.Sub(now) > providerTimeAheadMaxMs*time.Millisecond {
-		return fmt.Errorf("%w: %s provider time %s is more than %d ms ahead of %s", ErrOutOfRange, r.Pair,
-			r.ProviderTime.Format(time.RFC3339Nano), providerTimeAheadMaxMs, now.Format(time.RFC3339Nano))
-	}
-	spec, err := fx.Lookup(r.Pair)
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrOutOfRange, err)
-	}
-	factor := decimal.NewFromInt(priceBandFactor)
-	low, high := spec.ReferenceMid.Div(factor), spec.ReferenceMid.Mul(factor)
-	for _, p := range []decimal.Decimal{r.Bid, r.Ask} {
-		if p.LessThan(low) || p.GreaterThan(high) {
-			return fmt.Errorf("%w: %s price %s is outside %s..%s", ErrOutOfRange, r.Pair, p,
-				spec.FormatPrice(low), spec.FormatPrice(high))
-		}
-	}
-	return nil
 }

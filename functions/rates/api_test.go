@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shopspring/decimal"
+
 	"github.com/kawase-fx/kawase/eventing/fx"
 	"github.com/kawase-fx/kawase/functions/rates"
 )
@@ -142,4 +144,23 @@ func TestRESTRates(t *testing.T) {
 			t.Errorf("POST %s: %d", path, resp.StatusCode)
 		}
 	}
+}
+
+// A rate the ratekeeper refuses as out of range (a provider time far ahead, a price ten times off)
+// is skipped and counted here too: applied, its provider time would become the pair's high-water mark
+// and hide every real rate after it.
+func TestOutOfRangeRatesAreSkipped(t *testing.T) {
+	env := startRates(t, rates.Config{Pairs: []fx.Pair{"USD_JPY"}}, nil)
+	env.publish(t, quote("USD_JPY", 1, 1))
+	eventually(t, "ready", func() bool { return env.svc.Ready(t.Context()) == nil })
+	future := quote("USD_JPY", 2, 1)
+	future.ProviderTime = env.cfg.Now().Add(time.Hour)
+	wild := quote("USD_JPY", 3, 1)
+	wild.Bid, wild.Ask = wild.Bid.Mul(decimal.NewFromInt(100)), wild.Ask.Mul(decimal.NewFromInt(100))
+	env.publish(t, future, wild, quote("USD_JPY", 4, 1))
+	eventually(t, "the real rate after the bad ones", func() bool {
+		return decodeRate(t, get(t, env.srv.URL+"/v1/rates/USD_JPY").body).Time == "2026-01-05T09:00:04.000Z"
+	})
+	got := metricValue(t, env.reg, "kawase_rates_applied_total", map[string]string{"outcome": "out_of_range"})
+	mustf(t, got == 2, "out_of_range = %v, want 2", got)
 }

@@ -15,6 +15,7 @@ var freshnessBuckets = []float64{0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.00
 type metrics struct {
 	applied       map[applied]prometheus.Counter
 	undecodable   prometheus.Counter
+	outOfRange    prometheus.Counter // well-formed rates that cannot be real (eventing.RateV1.CheckRange)
 	tailErrors    prometheus.Counter
 	freshness     prometheus.Histogram
 	notModified   prometheus.Counter
@@ -38,6 +39,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			appliedIgnored:    appliedVec.WithLabelValues("ignored"),
 		},
 		undecodable: appliedVec.WithLabelValues("invalid"),
+		outOfRange:  appliedVec.WithLabelValues("out_of_range"),
 		tailErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "kawase_rates_tail_errors_total",
 			Help: "Failed fetches from the rates topic (the partition reader is restarted)."}),
 		freshness: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "kawase_rates_freshness_seconds",

@@ -151,5 +151,12 @@ func (t *tailer) applyMessage(m kafka.Message) {
 		}
 		return
 	}
+	// The ratekeeper dead-letters these too; applied here, a far-future provider time would become the
+	// pair's high-water mark and hide every real rate after it.
+	if err := rate.CheckRange(t.cfg.Now()); err != nil {
+		t.m.outOfRange.Inc()
+		t.log.Warnw("out-of-range rate on the rates topic skipped", "partition", m.Partition, "offset", m.Offset, "error", err)
+		return
+	}
 	t.apply(rate)
 }
