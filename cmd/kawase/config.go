@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/shopspring/decimal"
+
 	"github.com/kawase-fx/kawase/eventing/fx"
 )
 
@@ -72,6 +74,10 @@ type config struct {
 	PodName string
 	// ExternalURL is where the relay delivers executions (KAWASE_EXTERNAL_URL).
 	ExternalURL string
+	// DefaultLeverage (zero: the ledger's default, 25) and Leverage (per pair) are the ledger's
+	// leverage, margin = notional / leverage (KAWASE_LEVERAGE, e.g. "default=25,USD_TRY=5,EUR_TRY=5").
+	DefaultLeverage decimal.Decimal
+	Leverage        map[fx.Pair]decimal.Decimal
 	// RelayHMACSecrets are the active signing secrets, newest first (KAWASE_RELAY_HMAC_SECRETS, comma-separated).
 	RelayHMACSecrets []string
 	// RatesGRPC, LedgerGRPC and RatekeeperGRPC are the gRPC addresses of the rates, ledger and
@@ -99,6 +105,7 @@ var envVars = map[string]bool{
 	"KAWASE_LEADER_ELECTION": true, "KAWASE_EXTERNAL_URL": true, "KAWASE_RELAY_HMAC_SECRETS": true,
 	"KAWASE_RATES_GRPC": true, "KAWASE_LEDGER_GRPC": true, "KAWASE_RATEKEEPER_GRPC": true, "KAWASE_TIME_SCALE": true,
 	"KAWASE_URL": true, "KAWASE_TOKEN": true, "KAWASE_REQUIRE_TOOLS": true, "KAWASE_MEMORY_LIMIT": true,
+	"KAWASE_LEVERAGE": true,
 }
 
 // loadConfig parses the environment (as os.Environ returns it) into a config.
@@ -155,6 +162,9 @@ func loadConfig(environ []string) (config, error) {
 	}
 	if cfg.Pairs, err = parsePairs(get("KAWASE_PAIRS", "")); err != nil {
 		errs = append(errs, fmt.Errorf("KAWASE_PAIRS: %w", err))
+	}
+	if cfg.DefaultLeverage, cfg.Leverage, err = parseLeverage(get("KAWASE_LEVERAGE", "")); err != nil {
+		errs = append(errs, fmt.Errorf("KAWASE_LEVERAGE: %w", err))
 	}
 	errs = append(errs, cfg.check()...)
 	if err := errors.Join(errs...); err != nil {
@@ -244,6 +254,42 @@ func parsePairs(s string) ([]fx.Pair, error) {
 		return out, nil
 	}
 	return fx.ParsePairList(s)
+}
+
+// leverageMax bounds a configured leverage; no regulator allows more for retail FX.
+const leverageMax = 1000
+
+// parseLeverage reads "default=25,USD_TRY=5": the leverage of every pair not listed (optional) and
+// per pair, each a positive number up to leverageMax.
+func parseLeverage(s string) (decimal.Decimal, map[fx.Pair]decimal.Decimal, error) {
+	var def decimal.Decimal
+	var per map[fx.Pair]decimal.Decimal
+	for _, item := range splitList(s) {
+		name, value, ok := strings.Cut(item, "=")
+		l, err := decimal.NewFromString(strings.TrimSpace(value))
+		if err == nil {
+			err = fx.CheckMagnitude(l)
+		}
+		if !ok || err != nil || !l.IsPositive() || l.GreaterThan(decimal.NewFromInt(leverageMax)) {
+			return def, nil, fmt.Errorf("%q is not NAME=LEVERAGE with a leverage above 0 and at most %d", item, leverageMax)
+		}
+		name = strings.ToUpper(strings.TrimSpace(name))
+		if name == "DEFAULT" {
+			def = l
+			continue
+		}
+		if _, err := fx.Lookup(fx.Pair(name)); err != nil {
+			return def, nil, err
+		}
+		if per == nil {
+			per = map[fx.Pair]decimal.Decimal{}
+		}
+		if _, dup := per[fx.Pair(name)]; dup {
+			return def, nil, fmt.Errorf("%s listed twice", name)
+		}
+		per[fx.Pair(name)] = l
+	}
+	return def, per, nil
 }
 
 func splitList(s string) []string {

@@ -3,6 +3,8 @@ package main
 import (
 	"strings"
 	"testing"
+
+	"github.com/shopspring/decimal"
 )
 
 func TestLoadConfigDefaults(t *testing.T) {
@@ -43,16 +45,22 @@ func TestGCSettings(t *testing.T) {
 
 func TestLoadConfigRefusesBadValues(t *testing.T) {
 	cases := map[string]string{
-		"KAWASE_MODE=staging":        "KAWASE_MODE",
-		"PORT=http":                  "PORT",
-		"KAWASE_PAIRS=USD_JPY,XXX":   "KAWASE_PAIRS",
-		"KAWASE_TIME_SCALE=0":        "KAWASE_TIME_SCALE",
-		"KAWASE_LOG_LEVEL=loud":      "KAWASE_LOG_LEVEL",
-		"KAWASE_PARIS=USD_JPY":       "unknown variable KAWASE_PARIS",
-		"KAWASE_LEADER_ELECTION=zk":  "KAWASE_LEADER_ELECTION",
-		"KAWASE_HTTP_ADDR=localhost": "KAWASE_HTTP_ADDR",
-		"KAWASE_MEMORY_LIMIT=512Mi":  "KAWASE_MEMORY_LIMIT",
-		"KAWASE_MEMORY_LIMIT=0":      "KAWASE_MEMORY_LIMIT",
+		"KAWASE_MODE=staging":                   "KAWASE_MODE",
+		"PORT=http":                             "PORT",
+		"KAWASE_PAIRS=USD_JPY,XXX":              "KAWASE_PAIRS",
+		"KAWASE_TIME_SCALE=0":                   "KAWASE_TIME_SCALE",
+		"KAWASE_LOG_LEVEL=loud":                 "KAWASE_LOG_LEVEL",
+		"KAWASE_PARIS=USD_JPY":                  "unknown variable KAWASE_PARIS",
+		"KAWASE_LEADER_ELECTION=zk":             "KAWASE_LEADER_ELECTION",
+		"KAWASE_HTTP_ADDR=localhost":            "KAWASE_HTTP_ADDR",
+		"KAWASE_MEMORY_LIMIT=512Mi":             "KAWASE_MEMORY_LIMIT",
+		"KAWASE_MEMORY_LIMIT=0":                 "KAWASE_MEMORY_LIMIT",
+		"KAWASE_LEVERAGE=USD_JPY":               "KAWASE_LEVERAGE",
+		"KAWASE_LEVERAGE=USD_JPY=0":             "KAWASE_LEVERAGE",
+		"KAWASE_LEVERAGE=XXX_YYY=10":            "KAWASE_LEVERAGE",
+		"KAWASE_LEVERAGE=default=5000":          "KAWASE_LEVERAGE",
+		"KAWASE_LEVERAGE=USD_JPY=1e2000000000":  "KAWASE_LEVERAGE",
+		"KAWASE_LEVERAGE=USD_JPY=10,usd_jpy=20": "KAWASE_LEVERAGE",
 	}
 	if _, err := loadConfig([]string{"GOMEMLIMIT=400MiB", "KAWASE_MEMORY_LIMIT=lots"}); err == nil {
 		t.Error("a malformed KAWASE_MEMORY_LIMIT was accepted because GOMEMLIMIT is set")
@@ -87,5 +95,20 @@ func TestProdRefusesDevDefaults(t *testing.T) {
 	cfg, _ = loadConfig([]string{"KAWASE_MODE=prod", "DATABASE_URL=postgres://db/kawase", "KAFKA_BROKERS=k1:9092, k2:9092"})
 	if len(cfg.KafkaBrokers) != 2 || cfg.KafkaBrokers[1] != "k2:9092" {
 		t.Errorf("brokers = %q", cfg.KafkaBrokers)
+	}
+}
+
+func TestLoadConfigLeverage(t *testing.T) {
+	cfg, err := loadConfig([]string{"KAWASE_LEVERAGE=default=20, usd_try=5,EUR_TRY=2.5"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.DefaultLeverage.Equal(decimal.NewFromInt(20)) || len(cfg.Leverage) != 2 ||
+		!cfg.Leverage["USD_TRY"].Equal(decimal.NewFromInt(5)) || !cfg.Leverage["EUR_TRY"].Equal(decimal.RequireFromString("2.5")) {
+		t.Fatalf("leverage: default %s, per pair %v", cfg.DefaultLeverage, cfg.Leverage)
+	}
+	cfg, err = loadConfig(nil)
+	if err != nil || !cfg.DefaultLeverage.IsZero() || cfg.Leverage != nil {
+		t.Fatalf("no KAWASE_LEVERAGE: %s %v %v", cfg.DefaultLeverage, cfg.Leverage, err)
 	}
 }

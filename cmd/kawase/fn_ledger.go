@@ -38,7 +38,12 @@ func newLedgerComponent(ctx context.Context, d componentDeps) (*component, error
 		return nil, fmt.Errorf("ledger: rates client: %w", err)
 	}
 	book := ledger.NewQuoteBook()
-	l, err := ledger.New(ledger.DefaultConfig(), ledger.Deps{Pool: pool, Prices: book, Brokers: d.brokers, Log: d.log,
+	lcfg := ledger.DefaultConfig()
+	if d.cfg.DefaultLeverage.IsPositive() {
+		lcfg.DefaultLeverage = d.cfg.DefaultLeverage
+	}
+	lcfg.Leverage = d.cfg.Leverage
+	l, err := ledger.New(lcfg, ledger.Deps{Pool: pool, Prices: book, Brokers: d.brokers, Log: d.log,
 		Registry: d.reg})
 	if err != nil {
 		rates.Close()
