@@ -79,6 +79,32 @@ func TestRateValidation(t *testing.T) {
 	}
 }
 
+// Every triple of ids, in every format a provider might mix, is ordered consistently.
+func TestCompareQuoteIDsIsATotalOrder(t *testing.T) {
+	ids := []string{"2", "10", "010", "1a", "b", "18446744073709551616", "0", ""}
+	for _, a := range ids {
+		if CompareQuoteIDs(a, a) != 0 {
+			t.Errorf("%q is not equal to itself", a)
+		}
+		for _, b := range ids {
+			if CompareQuoteIDs(a, b) != -CompareQuoteIDs(b, a) {
+				t.Errorf("%q, %q: not antisymmetric", a, b)
+			}
+			if a != b && CompareQuoteIDs(a, b) == 0 {
+				t.Errorf("%q and %q taken for one quote", a, b)
+			}
+			for _, c := range ids {
+				if CompareQuoteIDs(a, b) < 0 && CompareQuoteIDs(b, c) < 0 && CompareQuoteIDs(a, c) >= 0 {
+					t.Errorf("%q < %q < %q but not %q < %q", a, b, c, a, c)
+				}
+			}
+		}
+	}
+	if CompareQuoteIDs("9", "10") >= 0 || CompareQuoteIDs("1a", "2") <= 0 {
+		t.Error("numbers by value, before other ids")
+	}
+}
+
 func TestNewerThan(t *testing.T) {
 	a, b := rate(), rate()
 	b.QuoteID = "18"

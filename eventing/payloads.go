@@ -1,6 +1,7 @@
 package eventing
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
@@ -177,19 +178,21 @@ func (r *RateV1) NewerThan(o *RateV1) bool {
 	return CompareQuoteIDs(r.QuoteID, o.QuoteID) > 0
 }
 
-// CompareQuoteIDs orders two provider quote ids: numerically when both are unsigned integers, else
-// lexicographically. It returns -1, 0 or +1.
+// CompareQuoteIDs orders two provider quote ids: unsigned integers by value (a provider counting
+// up), before every other id, which are ordered as strings. It is a total order, so that a mix of
+// formats cannot make a cycle ("2" < "10" < "1a" < "2" when each pair is compared its own way); two
+// ids equal in value but written differently ("010", "10") are ordered as strings rather than taken
+// for one quote. It returns -1, 0 or +1.
 func CompareQuoteIDs(a, b string) int {
 	na, errA := strconv.ParseUint(a, 10, 64)
 	nb, errB := strconv.ParseUint(b, 10, 64)
-	if errA == nil && errB == nil {
-		switch {
-		case na < nb:
-			return -1
-		case na > nb:
-			return 1
-		}
-		return 0
+	switch {
+	case errA == nil && errB != nil:
+		return -1
+	case errA != nil && errB == nil:
+		return 1
+	case errA == nil && na != nb:
+		return cmp.Compare(na, nb)
 	}
 	return strings.Compare(a, b)
 }
