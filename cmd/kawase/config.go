@@ -6,6 +6,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/shopspring/decimal"
 
@@ -74,6 +75,11 @@ type config struct {
 	PodName string
 	// ExternalURL is where the relay delivers executions (KAWASE_EXTERNAL_URL).
 	ExternalURL string
+	// RatesStaleAfter is how long a pair may go without a rate before the rates service reports it
+	// not tradeable, and RatesConflate the shortest gap between two stream updates of one pair
+	// (KAWASE_RATES_STALE_AFTER, KAWASE_RATES_CONFLATE, Go durations; zero: the service's defaults,
+	// 5s and 250ms).
+	RatesStaleAfter, RatesConflate time.Duration
 	// DefaultLeverage (zero: the ledger's default, 25) and Leverage (per pair) are the ledger's
 	// leverage, margin = notional / leverage (KAWASE_LEVERAGE, e.g. "default=25,USD_TRY=5,EUR_TRY=5").
 	DefaultLeverage decimal.Decimal
@@ -105,7 +111,7 @@ var envVars = map[string]bool{
 	"KAWASE_LEADER_ELECTION": true, "KAWASE_EXTERNAL_URL": true, "KAWASE_RELAY_HMAC_SECRETS": true,
 	"KAWASE_RATES_GRPC": true, "KAWASE_LEDGER_GRPC": true, "KAWASE_RATEKEEPER_GRPC": true, "KAWASE_TIME_SCALE": true,
 	"KAWASE_URL": true, "KAWASE_TOKEN": true, "KAWASE_REQUIRE_TOOLS": true, "KAWASE_MEMORY_LIMIT": true,
-	"KAWASE_LEVERAGE": true,
+	"KAWASE_LEVERAGE": true, "KAWASE_RATES_STALE_AFTER": true, "KAWASE_RATES_CONFLATE": true,
 }
 
 // loadConfig parses the environment (as os.Environ returns it) into a config.
@@ -162,6 +168,12 @@ func loadConfig(environ []string) (config, error) {
 	}
 	if cfg.Pairs, err = parsePairs(get("KAWASE_PAIRS", "")); err != nil {
 		errs = append(errs, fmt.Errorf("KAWASE_PAIRS: %w", err))
+	}
+	if cfg.RatesStaleAfter, err = parseDurationIn("KAWASE_RATES_STALE_AFTER", get("KAWASE_RATES_STALE_AFTER", ""), ratesStaleAfterMin, ratesStaleAfterMax); err != nil {
+		errs = append(errs, err)
+	}
+	if cfg.RatesConflate, err = parseDurationIn("KAWASE_RATES_CONFLATE", get("KAWASE_RATES_CONFLATE", ""), ratesConflateMin, ratesConflateMax); err != nil {
+		errs = append(errs, err)
 	}
 	if cfg.DefaultLeverage, cfg.Leverage, err = parseLeverage(get("KAWASE_LEVERAGE", "")); err != nil {
 		errs = append(errs, fmt.Errorf("KAWASE_LEVERAGE: %w", err))
@@ -254,6 +266,27 @@ func parsePairs(s string) ([]fx.Pair, error) {
 		return out, nil
 	}
 	return fx.ParsePairList(s)
+}
+
+// Bounds of the rates service's durations: a staleness limit shorter than a few update cycles
+// (50 ms) would flicker, and a conflation interval longer than the heartbeat would starve a stream.
+const (
+	ratesStaleAfterMin = 200 * time.Millisecond
+	ratesStaleAfterMax = time.Hour
+	ratesConflateMin   = 10 * time.Millisecond
+	ratesConflateMax   = 5 * time.Second
+)
+
+// parseDurationIn reads a Go duration within [lo, hi]; empty is zero (the default).
+func parseDurationIn(name, s string, lo, hi time.Duration) (time.Duration, error) {
+	if strings.TrimSpace(s) == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(strings.TrimSpace(s))
+	if err != nil || d < lo || d > hi {
+		return 0, fmt.Errorf("%s must be a duration from %v to %v, not %q", name, lo, hi, s)
+	}
+	return d, nil
 }
 
 // leverageMax bounds a configured leverage; no regulator allows more for retail FX.

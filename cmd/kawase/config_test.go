@@ -3,6 +3,7 @@ package main
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/shopspring/decimal"
 )
@@ -55,6 +56,9 @@ func TestLoadConfigRefusesBadValues(t *testing.T) {
 		"KAWASE_HTTP_ADDR=localhost":            "KAWASE_HTTP_ADDR",
 		"KAWASE_MEMORY_LIMIT=512Mi":             "KAWASE_MEMORY_LIMIT",
 		"KAWASE_MEMORY_LIMIT=0":                 "KAWASE_MEMORY_LIMIT",
+		"KAWASE_RATES_STALE_AFTER=5":            "KAWASE_RATES_STALE_AFTER",
+		"KAWASE_RATES_STALE_AFTER=10ms":         "KAWASE_RATES_STALE_AFTER",
+		"KAWASE_RATES_CONFLATE=1m":              "KAWASE_RATES_CONFLATE",
 		"KAWASE_LEVERAGE=USD_JPY":               "KAWASE_LEVERAGE",
 		"KAWASE_LEVERAGE=USD_JPY=0":             "KAWASE_LEVERAGE",
 		"KAWASE_LEVERAGE=XXX_YYY=10":            "KAWASE_LEVERAGE",
@@ -110,5 +114,15 @@ func TestLoadConfigLeverage(t *testing.T) {
 	cfg, err = loadConfig(nil)
 	if err != nil || !cfg.DefaultLeverage.IsZero() || cfg.Leverage != nil {
 		t.Fatalf("no KAWASE_LEVERAGE: %s %v %v", cfg.DefaultLeverage, cfg.Leverage, err)
+	}
+}
+
+func TestLoadConfigRatesDurations(t *testing.T) {
+	cfg, err := loadConfig([]string{"KAWASE_RATES_STALE_AFTER=2s", "KAWASE_RATES_CONFLATE=100ms"})
+	if err != nil || cfg.RatesStaleAfter != 2*time.Second || cfg.RatesConflate != 100*time.Millisecond {
+		t.Fatalf("%v %v %v", cfg.RatesStaleAfter, cfg.RatesConflate, err)
+	}
+	if cfg, err := loadConfig(nil); err != nil || cfg.RatesStaleAfter != 0 || cfg.RatesConflate != 0 {
+		t.Fatalf("defaults: %v %v %v", cfg.RatesStaleAfter, cfg.RatesConflate, err)
 	}
 }

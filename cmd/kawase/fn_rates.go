@@ -27,7 +27,8 @@ func newRatesComponent(ctx context.Context, d componentDeps) (*component, error)
 		}
 		candles = ratesv1.NewCandleServiceClient(conn)
 	}
-	svc, err := rates.New(rates.Config{Brokers: d.brokers, Pairs: d.cfg.Pairs}, candles, d.log, d.reg)
+	svc, err := rates.New(rates.Config{Brokers: d.brokers, Pairs: d.cfg.Pairs,
+		StaleAfter: d.cfg.RatesStaleAfter, ConflateInterval: d.cfg.RatesConflate}, candles, d.log, d.reg)
 	if err != nil {
 		if conn != nil {
 			conn.Close()
