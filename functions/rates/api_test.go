@@ -128,13 +128,15 @@ func TestRESTRates(t *testing.T) {
 		{"/v1/rates?pairs=" + strings.Repeat("USD_JPY,", 200), 414, "query_too_long"},
 		{"/v1/rates/stream?pairs=NOPE", 400, "invalid_pairs"},
 		{"/v1/rates/USD_JPY/nope", 404, "not_found"},
+		{"/v1/rates/USD_JPY?x=" + strings.Repeat("y", 1100), 414, "query_too_long"},
+		{"/elsewhere", 404, "not_found"},
 	} {
 		r := get(t, env.srv.URL+c.path)
 		if r.status != c.status || problemCode(r) != c.code {
 			t.Errorf("GET %s: %d %s, want %d %s", c.path, r.status, r.body, c.status, c.code)
 		}
 	}
-	for _, path := range []string{"/v1/rates", "/v1/rates/USD_JPY"} {
+	for _, path := range []string{"/v1/rates", "/v1/rates/USD_JPY", "/"} {
 		resp, err := http.Post(env.srv.URL+path, "application/json", strings.NewReader("{}"))
 		if err != nil {
 			t.Fatal(err)

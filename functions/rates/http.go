@@ -44,6 +44,9 @@ func (s *Service) routes() http.Handler {
 	fallback := observe.Unrouted(mux)
 	mux.HandleFunc("/v1/rates", fallback)
 	mux.HandleFunc("/v1/rates/", fallback)
+	// Everything else this Service is sent (on its own, it is sent every path) is answered as
+	// problem+json too.
+	mux.HandleFunc("/", fallback)
 	return mux
 }
 
@@ -74,6 +77,9 @@ func (s *Service) getRates(w http.ResponseWriter, r *http.Request) {
 
 // getRate serves GET /v1/rates/{pair}.
 func (s *Service) getRate(w http.ResponseWriter, r *http.Request) {
+	if !s.queryWithinLimit(w, r) {
+		return
+	}
 	i, err := s.pairIndex(r.PathValue("pair"))
 	if err != nil {
 		s.badRequest(w, observe.Problem{Status: http.StatusNotFound, Code: "unknown_pair", Title: "unknown pair",
@@ -174,12 +180,20 @@ func etagMatches(header, etag string) bool {
 	return false
 }
 
+// queryWithinLimit answers 414 and returns false when the query string is over queryBytesMax.
+func (s *Service) queryWithinLimit(w http.ResponseWriter, r *http.Request) bool {
+	if len(r.URL.RawQuery) <= queryBytesMax {
+		return true
+	}
+	s.badRequest(w, observe.Problem{Status: http.StatusRequestURITooLong, Code: "query_too_long",
+		Title: "query too long", Detail: fmt.Sprintf("the query string is at most %d bytes", queryBytesMax)})
+	return false
+}
+
 // parseQueryPairs reads ?pairs=; it returns nil indexes for "every pair" and false once it has
 // answered a bad request.
 func (s *Service) parseQueryPairs(w http.ResponseWriter, r *http.Request) ([]int, bool) {
-	if len(r.URL.RawQuery) > queryBytesMax {
-		s.badRequest(w, observe.Problem{Status: http.StatusRequestURITooLong, Code: "query_too_long",
-			Title: "query too long", Detail: fmt.Sprintf("the query string is at most %d bytes", queryBytesMax)})
+	if !s.queryWithinLimit(w, r) {
 		return nil, false
 	}
 	q, err := url.ParseQuery(r.URL.RawQuery)
