@@ -550,6 +550,23 @@ func TestTradingIdempotency(t *testing.T) {
 	if status, _ := st.do(t, http.MethodGet, "/v1/accounts/"+created.ID, created.Token, nil, nil); status != http.StatusOK {
 		t.Fatalf("the first token does not work: %d", status)
 	}
+	// An account refused for its deposit leaves no token behind.
+	countKeys := func() (n int) {
+		if err := st.pool.QueryRow(context.Background(), `SELECT count(*) FROM trading.api_keys`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	keys := countKeys()
+	for _, bad := range []map[string]string{{"currency": "JPY", "deposit": "100.5"}, {"currency": "USD", "deposit": "1.005"},
+		{"currency": "USD", "deposit": "1e70000"}} {
+		if status, body := st.do(t, http.MethodPost, "/v1/accounts", tradingTestAdmin, bad, nil); status != http.StatusUnprocessableEntity || tradingProblemCode(body) != "invalid_account" {
+			t.Errorf("open %v: %d %s", bad, status, body)
+		}
+	}
+	if got := countKeys(); got != keys {
+		t.Errorf("refused accounts left %d token rows", got-keys)
+	}
 	st.checkBooks(t)
 }
 

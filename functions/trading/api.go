@@ -377,9 +377,12 @@ func (s *Service) openAccount(w http.ResponseWriter, r *http.Request, _ principa
 	if !decodeJSON(w, body, &req) {
 		return
 	}
-	if req.Currency != "JPY" && req.Currency != "USD" || fx.CheckMagnitude(req.Deposit) != nil || req.Deposit.IsNegative() {
+	// The ledger checks all of this too; checked here, a refused account leaves no token row behind.
+	ccy := fx.Currency(req.Currency)
+	if ccy != "JPY" && ccy != "USD" || fx.CheckMagnitude(req.Deposit) != nil || req.Deposit.IsNegative() ||
+		!req.Deposit.Equal(req.Deposit.Truncate(ccy.MinorUnits())) {
 		observe.WriteProblem(w, observe.Problem{Status: http.StatusUnprocessableEntity, Code: "invalid_account",
-			Title: "invalid account", Detail: "currency is JPY or USD; deposit is a non-negative decimal string"})
+			Title: "invalid account", Detail: "currency is JPY or USD; deposit is a non-negative decimal string with at most the currency's decimals (JPY 0, USD 2)"})
 		return
 	}
 	id := derivedID("acc_", accountIDBytes, key, "admin")
