@@ -106,6 +106,14 @@ func (s *Service) api(route string, a access, h handlerFunc) http.Handler {
 }
 
 func (s *Service) authProblem(w http.ResponseWriter, err error) {
+	var limited *lookupsLimitedError
+	if errors.As(err, &limited) {
+		s.m.rateLimited.Inc()
+		w.Header().Set("Retry-After", retryAfter(limited.wait))
+		observe.WriteProblem(w, observe.Problem{Status: http.StatusTooManyRequests, Code: "rate_limited",
+			Title: "too many requests", Detail: "too many tokens this replica has not seen; retry after the Retry-After seconds"})
+		return
+	}
 	w.Header().Set("WWW-Authenticate", `Bearer realm="kawase"`)
 	switch {
 	case errors.Is(err, errUnauthenticated):

@@ -74,11 +74,34 @@ func (s *Service) authenticate(ctx context.Context, r *http.Request) (principal,
 		return principal{admin: true, id: "admin"}, nil
 	}
 	hash := hashToken(tok)
-	acct, err := s.keys.lookup(ctx, s.pool, hash)
-	if err != nil {
-		return principal{}, err
+	acct, ok := s.keys.cached(hash)
+	if !ok {
+		// A token this replica has not seen costs a PostgreSQL read, and an unknown one is never
+		// cached: every such look-up shares one budget, so guessing tokens cannot flood the database.
+		if ok, wait := s.lookups.allow(uncachedLookups, time.Now()); !ok {
+			return principal{}, &lookupsLimitedError{wait: wait}
+		}
+		var err error
+		if acct, err = s.keys.lookup(ctx, s.pool, hash); err != nil {
+			return principal{}, err
+		}
 	}
 	return principal{accountID: acct, id: "acct:" + acct}, nil
+}
+
+// uncachedLookups is the one bucket of the look-ups limiter. Its budget is uncachedLookupsFactor
+// times one token's: a known token is read once per replica and then cached (up to keyCacheCountMax),
+// so legitimate look-ups are rare, while an unknown token is read every time.
+const (
+	uncachedLookups       = "token look-ups"
+	uncachedLookupsFactor = 10
+)
+
+// lookupsLimitedError says the budget of uncached token look-ups is spent for now.
+type lookupsLimitedError struct{ wait time.Duration }
+
+func (e *lookupsLimitedError) Error() string {
+	return fmt.Sprintf("token look-ups limited; retry in %v", e.wait)
 }
 
 // keyCache remembers token hashes that resolved to an account (tokens are never reassigned).
@@ -89,14 +112,20 @@ type keyCache struct {
 
 func newKeyCache() *keyCache { return &keyCache{m: make(map[string]string)} }
 
+// cached returns the account of a token hash seen before.
+func (c *keyCache) cached(hash []byte) (string, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	acct, ok := c.m[hex.EncodeToString(hash)]
+	return acct, ok
+}
+
 func (c *keyCache) lookup(ctx context.Context, pool *pgxpool.Pool, hash []byte) (string, error) {
 	k := hex.EncodeToString(hash)
-	c.mu.RLock()
-	acct, ok := c.m[k]
-	c.mu.RUnlock()
-	if ok {
+	if acct, ok := c.cached(hash); ok {
 		return acct, nil
 	}
+	var acct string
 	err := pool.QueryRow(ctx, `SELECT account_id FROM trading.api_keys WHERE token_hash = $1`, hash).Scan(&acct)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return "", errBadToken

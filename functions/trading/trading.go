@@ -114,9 +114,11 @@ type Service struct {
 	results  *resultTail
 	keys     *keyCache
 	limits   *limiter
-	log      *zap.SugaredLogger
-	m        *metrics
-	handler  http.Handler
+	// lookups budgets the token look-ups that reach PostgreSQL (tokens not cached), all callers together.
+	lookups *limiter
+	log     *zap.SugaredLogger
+	m       *metrics
+	handler http.Handler
 }
 
 // New builds the trading function; it starts nothing until Run.
@@ -135,7 +137,8 @@ func New(cfg Config, d Deps) (*Service, error) {
 		commands: cekafka.NewProducer(d.Brokers),
 		results:  newResultTail(d.Brokers, d.Log),
 		keys:     newKeyCache(),
-		limits:   newLimiter(cfg.RatePerSecond, cfg.RateBurst)}
+		limits:   newLimiter(cfg.RatePerSecond, cfg.RateBurst),
+		lookups:  newLimiter(cfg.RatePerSecond*uncachedLookupsFactor, cfg.RateBurst*uncachedLookupsFactor)}
 	s.handler = s.routes()
 	return s, nil
 }

@@ -174,3 +174,42 @@ func TestIdempotencyStore(t *testing.T) {
 		t.Fatalf("after a 503: %v %v %v", c, first, err)
 	}
 }
+
+// Unknown tokens are read from PostgreSQL every time, so they share one budget: once it is spent a
+// caller gets a wait instead of a database read, while a token already cached still authenticates.
+func TestUncachedTokenLookupsAreLimited(t *testing.T) {
+	s := idemService(t)
+	s.keys, s.lookups = newKeyCache(), newLimiter(1, 3)
+	ctx := context.Background()
+	tok, hash := newToken()
+	if err := storeToken(ctx, s.pool, hash, "acc_known"); err != nil {
+		t.Fatal(err)
+	}
+	bearer := func(tok string) *http.Request {
+		r := httptest.NewRequest(http.MethodGet, "/v1/accounts/acc_known", nil)
+		r.Header.Set("Authorization", "Bearer "+tok)
+		return r
+	}
+	if p, err := s.authenticate(ctx, bearer(tok)); err != nil || p.accountID != "acc_known" {
+		t.Fatalf("known token: %+v %v", p, err)
+	}
+	for i := range 2 { // the rest of the burst of 3
+		guess, _ := newToken()
+		if _, err := s.authenticate(ctx, bearer(guess)); !errors.Is(err, errBadToken) {
+			t.Fatalf("guess %d: %v, want errBadToken", i, err)
+		}
+	}
+	guess, _ := newToken()
+	var limited *lookupsLimitedError
+	if _, err := s.authenticate(ctx, bearer(guess)); !errors.As(err, &limited) || limited.wait <= 0 {
+		t.Fatalf("guess past the budget: %v, want a wait", err)
+	}
+	if p, err := s.authenticate(ctx, bearer(tok)); err != nil || p.accountID != "acc_known" {
+		t.Fatalf("cached token while look-ups are limited: %+v %v", p, err)
+	}
+	rec := httptest.NewRecorder()
+	s.authProblem(rec, limited)
+	if rec.Code != http.StatusTooManyRequests || rec.Header().Get("Retry-After") == "" {
+		t.Fatalf("answer: %d %v", rec.Code, rec.Header())
+	}
+}
