@@ -59,13 +59,13 @@ func TestRateValidation(t *testing.T) {
 		"negative size":  func(r *RateV1) { r.BidSize = decimal.NewFromInt(-1) },
 		"no provider ts": func(r *RateV1) { r.ProviderTime = time.Time{} },
 		"NUL in id":      func(r *RateV1) { r.QuoteID = "17\x00" },
-		"long id":        func(r *RateV1) { r.QuoteID = strings.Repeat("7", labelBytesMax+1) },
+		"long id":        func(r *RateV1) { r.QuoteID = strings.Repeat("7", labelCharsMax+1) },
 		"bad session":    func(r *RateV1) { r.Session = "FIX\n4.4" },
 		"huge seq num":   func(r *RateV1) { r.MsgSeqNum = math.MaxInt32 + 1 },
 		"huge size":      func(r *RateV1) { r.AskSize = decimal.RequireFromString("1e2000000000") },
 	}
-	if err := func() error { r := rate(); r.QuoteID = strings.Repeat("7", labelBytesMax); return r.Validate() }(); err != nil {
-		t.Errorf("a quote id of %d bytes: %v", labelBytesMax, err)
+	if err := func() error { r := rate(); r.QuoteID = strings.Repeat("ü", labelCharsMax); return r.Validate() }(); err != nil {
+		t.Errorf("a quote id of %d characters: %v", labelCharsMax, err)
 	}
 	for name, m := range mutate {
 		r := rate()

@@ -53,19 +53,20 @@ type RateV1 struct {
 // PartitionKey orders rates per pair.
 func (r *RateV1) PartitionKey() string { return string(r.Pair) }
 
-// labelBytesMax bounds a quote's id and session name: far above any provider's, and far below what
-// a PostgreSQL index entry holds (the tick history is unique on the quote id).
-const labelBytesMax = 128
+// labelCharsMax bounds a quote's id and session name, in characters as the schema counts them: far
+// above any provider's, and far below what a PostgreSQL index entry holds (the tick history is
+// unique on the quote id) even at four bytes a character.
+const labelCharsMax = 128
 
 // checkLabel refuses an identifier that is too long, not UTF-8, or holds a control character (which
 // PostgreSQL's text refuses, NUL above all): found only when a batch of ticks is written, it would
 // fail every rate in the batch instead of the one.
 func checkLabel(v string) error {
-	if len(v) > labelBytesMax {
-		return fmt.Errorf("%d bytes, at most %d", len(v), labelBytesMax)
-	}
 	if !utf8.ValidString(v) {
 		return errors.New("not UTF-8")
+	}
+	if n := utf8.RuneCountInString(v); n > labelCharsMax {
+		return fmt.Errorf("%d characters, at most %d", n, labelCharsMax)
 	}
 	for _, c := range v {
 		if unicode.IsControl(c) {

@@ -400,7 +400,8 @@ func stampOf(msg *quickfix.Message, header fixspec.Fields) stamp {
 func (a *sessionApp) emit(st stamp, pair fx.Pair, ps *pairState) {
 	r, err := ps.book.rate(pair)
 	if err == nil {
-		r.Epoch = a.t.lease.Epoch()
+		// Stamped before Validate, so the identity fields it checks are the ones published.
+		r.Epoch, r.Session, r.ReceivedAt, r.MsgSeqNum = a.t.lease.Epoch(), a.session, st.receivedAt.UTC(), st.msgSeqNum
 		err = r.Validate()
 	}
 	if err == nil {
@@ -414,7 +415,7 @@ func (a *sessionApp) emit(st stamp, pair fx.Pair, ps *pairState) {
 		return
 	}
 	ps.seq++
-	r.Session, r.Seq, r.ReceivedAt, r.MsgSeqNum = a.session, ps.seq, st.receivedAt.UTC(), st.msgSeqNum
+	r.Seq = ps.seq
 	a.t.pub.enqueue(a.t.ctx, &pending{pair: pair, receivedAt: st.receivedAt, sentAt: st.sentAt, rate: r})
 }
 
