@@ -20,6 +20,7 @@ import (
 	"github.com/shopspring/decimal"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/kawase-fx/kawase/eventing"
 	"github.com/kawase-fx/kawase/eventing/fx"
@@ -429,6 +430,32 @@ func (s *Service) getAccount(w http.ResponseWriter, r *http.Request, _ principal
 	writeJSON(w, http.StatusOK, accountView(a))
 }
 
+// sameOrder reports whether the ledger's order o is the order spec asks for.
+func sameOrder(o *ledgerv1.Order, spec *eventing.OrderSpec) bool {
+	if o.GetPair() != string(spec.Pair) || o.GetSide() != spec.Side || o.GetType() != spec.Type ||
+		o.GetTimeInForce() != spec.TimeInForce || o.GetClientOrderId() != spec.ClientOrderID {
+		return false
+	}
+	return sameDecimal(o.GetUnits(), &spec.Units) && sameDecimal(o.GetPrice(), spec.Price) &&
+		sameDecimal(o.GetPriceBound(), spec.PriceBound) && sameTime(o.GetGoodTill(), spec.GoodTill)
+}
+
+// sameDecimal compares a decimal string of the ledger with an optional decimal ("" is none).
+func sameDecimal(s string, d *decimal.Decimal) bool {
+	if d == nil || s == "" {
+		return d == nil && s == ""
+	}
+	v, err := decimal.NewFromString(s)
+	return err == nil && v.Equal(*d)
+}
+
+func sameTime(ts *timestamppb.Timestamp, t *time.Time) bool {
+	if t == nil || ts == nil {
+		return t == nil && ts == nil
+	}
+	return ts.AsTime().Equal(*t)
+}
+
 // orderSpec checks an order request and fills in the defaults (market orders FOK, pending GTC).
 func (req OrderRequest) orderSpec() (*eventing.OrderSpec, error) {
 	spec := &eventing.OrderSpec{Pair: req.Pair, Side: req.Side, Units: req.Units, Type: req.Type, Price: req.Price,
@@ -480,10 +507,7 @@ func (s *Service) place(w http.ResponseWriter, ctx context.Context, acct string,
 			Title: "invalid order", Detail: err.Error()})
 		return
 	}
-	// The id follows the key and the order asked for: a key reused for another order once its record
-	// has expired (or was released by a failure) places that order, rather than being answered with
-	// the first one, whose id the ledger's inbox remembers for good.
-	orderID := derivedID("o_", orderIDRandomBytes, key, acct, string(mustJSON(spec)))
+	orderID := derivedID("o_", orderIDRandomBytes, key, acct)
 	cmd := &eventing.OrderCommandV1{CommandID: "place:" + orderID, Kind: eventing.CommandPlace, AccountID: acct,
 		OrderID: orderID, Order: spec, RequestedAt: started.UTC()}
 	res, ok := s.submit(w, ctx, cmd, deadline)
@@ -499,6 +523,15 @@ func (s *Service) place(w http.ResponseWriter, ctx context.Context, acct string,
 		lctx, cancel := ledgerCtx(ctx)
 		o, err := s.ledger.GetOrder(lctx, orderKey(acct, orderID))
 		cancel()
+		if err == nil && !sameOrder(o, spec) {
+			// The key named another order, so its record has expired (or a failure released it): the
+			// ledger's inbox keeps the id for good and will not place this one under it.
+			outcome = "refused"
+			observe.WriteProblem(w, observe.Problem{Status: http.StatusUnprocessableEntity, Code: "idempotency_key_reused",
+				Title:  "Idempotency-Key used with a different request",
+				Detail: fmt.Sprintf("this key placed order %s, which differs from this request", orderID)})
+			return
+		}
 		if err == nil {
 			writeJSON(w, http.StatusCreated, orderView(o))
 			return

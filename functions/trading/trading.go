@@ -197,7 +197,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "kawase_trading_requests_total",
 			Help: "REST and CloudEvent requests, by route and status code."}, []string{"route", "code"}),
 		orderSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "kawase_trading_order_seconds",
-			Help:    "Time from an order request to its answer, by outcome (decided or pending = 202).",
+			Help:    "Time from an order request to its answer, by outcome (decided, pending = 202, or refused: a reused Idempotency-Key).",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 13)}, []string{"outcome"}),
 		rateLimited: prometheus.NewCounter(prometheus.CounterOpts{Name: "kawase_trading_rate_limited_total",
 			Help: "Requests refused with 429."}),
