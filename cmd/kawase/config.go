@@ -269,12 +269,13 @@ func parsePairs(s string) ([]fx.Pair, error) {
 }
 
 // Bounds of the rates service's durations: a staleness limit shorter than a few update cycles
-// (50 ms) would flicker, and a conflation interval longer than the heartbeat would starve a stream.
+// (50 ms) would flicker. The conflation interval also paces WatchRates, the ledger's only prices,
+// and the ledger refuses a quote older than 5 s, so it stays far below that.
 const (
 	ratesStaleAfterMin = 200 * time.Millisecond
 	ratesStaleAfterMax = time.Hour
 	ratesConflateMin   = 10 * time.Millisecond
-	ratesConflateMax   = 5 * time.Second
+	ratesConflateMax   = time.Second
 )
 
 // parseDurationIn reads a Go duration within [lo, hi]; empty is zero (the default).
