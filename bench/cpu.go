@@ -26,18 +26,43 @@ type cpuGroup struct {
 	roots []int
 }
 
-// cpuSample is the CPU time, in clock ticks, of each group and of the whole machine at one moment.
+// cpuSample is the CPU time, in clock ticks, of each group's processes and of the whole machine at
+// one moment.
 type cpuSample struct {
 	at           time.Time
-	groups       map[string]uint64
+	procs        map[int]groupTicks
 	machineBusy  uint64
 	machineTotal uint64
 	switches     uint64 // context switches since boot, every CPU
 }
 
+// groupTicks is one process's group and CPU time.
+type groupTicks struct {
+	group string
+	ticks uint64
+}
+
+// groupDelta is the CPU time group g's processes used from a to b: a process already there in a
+// counts what it added, one started since counts all of its time, and one that ended meanwhile is
+// lost (its time is no longer in /proc), never subtracted.
+func groupDelta(g string, a, b cpuSample) uint64 {
+	var sum uint64
+	for pid, p := range b.procs {
+		if p.group != g {
+			continue
+		}
+		if old, ok := a.procs[pid]; ok && old.group == g && old.ticks <= p.ticks {
+			sum += p.ticks - old.ticks
+		} else if !ok {
+			sum += p.ticks
+		}
+	}
+	return sum
+}
+
 // sampleCPU reads /proc once: the machine's totals and each group's processes.
 func sampleCPU(groups []cpuGroup) (cpuSample, error) {
-	s := cpuSample{at: time.Now(), groups: map[string]uint64{}}
+	s := cpuSample{at: time.Now(), procs: map[int]groupTicks{}}
 	if err := s.readMachine(); err != nil {
 		return s, err
 	}
@@ -56,7 +81,7 @@ func sampleCPU(groups []cpuGroup) (cpuSample, error) {
 		// snapshot's parent links except through pid 0, where the walk stops.
 		for at, hops := pid, 0; at > 1 && hops < len(procs); at, hops = procs[at].ppid, hops+1 {
 			if name, ok := owner[at]; ok {
-				s.groups[name] += p.ticks
+				s.procs[pid] = groupTicks{group: name, ticks: p.ticks}
 				break
 			}
 			if _, ok := procs[at]; !ok {
@@ -85,11 +110,11 @@ func (s *cpuSample) readMachine() error {
 				if err != nil {
 					return fmt.Errorf("cpu sample: /proc/stat cpu field %d: %w", i+1, err)
 				}
-				if i >= 7 { // guest time is already counted in user time
+				if i >= 8 { // guest time is already counted in user time
 					break
 				}
 				s.machineTotal += n
-				if i != 3 && i != 4 { // idle and iowait
+				if i != 3 && i != 4 && i != 7 { // idle, iowait, and steal (the hypervisor's, not ours)
 					s.machineBusy += n
 				}
 			}
@@ -220,10 +245,10 @@ func cpuFigures(what string, groups []cpuGroup, a, b cpuSample) []figure {
 		if i == 0 {
 			note = fmt.Sprintf("per-process CPU time from /proc over %.0f s, in %% of one core (%d cores: %d%% is all of them); user and kernel time", secs, runtime.NumCPU(), 100*runtime.NumCPU())
 		}
-		figs = append(figs, figure{Name: what + ": " + g.name, Value: pct(b.groups[g.name] - a.groups[g.name]), Unit: "% of a core", Note: note})
+		figs = append(figs, figure{Name: what + ": " + g.name, Value: pct(groupDelta(g.name, a, b)), Unit: "% of a core", Note: note})
 	}
 	machine := float64(b.machineBusy-a.machineBusy) / float64(max(b.machineTotal-a.machineTotal, 1)) * 100 * float64(runtime.NumCPU())
 	return append(figs,
-		figure{Name: what + ": whole machine", Value: f1(machine), Unit: "% of a core", Note: "/proc/stat, everything but idle and iowait, the bench itself included"},
+		figure{Name: what + ": whole machine", Value: f1(machine), Unit: "% of a core", Note: "/proc/stat, everything but idle, iowait and steal, the bench itself included"},
 		figure{Name: what + ": context switches, whole machine", Value: f0(float64(b.switches-a.switches) / secs), Unit: "switches/s", Note: "/proc/stat ctxt; on a virtual machine each costs far more than on bare metal"})
 }

@@ -40,7 +40,7 @@ func TestSampleCPUAssignsEachProcessToItsNearestRoot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	busy, idle := b.groups["test"]-a.groups["test"], b.groups["sleeper"]-a.groups["sleeper"]
+	busy, idle := groupDelta("test", a, b), groupDelta("sleeper", a, b)
 	// 400 ms of CPU is 40 ticks; a busy machine may give the loop less of it, but not a tenth.
 	if busy < 4 || idle > 2 {
 		t.Fatalf("ticks: test %d (want ≥ 4), sleeper %d (want ≤ 2); %d loops", busy, idle, n)
@@ -51,5 +51,15 @@ func TestSampleCPUAssignsEachProcessToItsNearestRoot(t *testing.T) {
 	figs := cpuFigures("x", groups, a, b)
 	if len(figs) != len(groups)+2 {
 		t.Fatalf("%d figures, want %d", len(figs), len(groups)+2)
+	}
+}
+
+// A process that ends during the window is not subtracted from its group, and one that starts is
+// counted whole.
+func TestGroupDeltaSurvivesProcessesComingAndGoing(t *testing.T) {
+	a := cpuSample{procs: map[int]groupTicks{1: {"g", 100}, 2: {"g", 5000}}}
+	b := cpuSample{procs: map[int]groupTicks{1: {"g", 130}, 3: {"g", 7}, 4: {"h", 50}}}
+	if got := groupDelta("g", a, b); got != 37 {
+		t.Fatalf("delta %d, want 37", got)
 	}
 }
