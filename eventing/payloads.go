@@ -7,6 +7,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -109,16 +110,27 @@ func (r *RateV1) CheckRange(now time.Time) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrOutOfRange, err)
 	}
-	factor := decimal.NewFromInt(priceBandFactor)
-	low, high := spec.ReferenceMid.Div(factor), spec.ReferenceMid.Mul(factor)
+	band := priceBands()[r.Pair]
 	for _, p := range []decimal.Decimal{r.Bid, r.Ask} {
-		if p.LessThan(low) || p.GreaterThan(high) {
+		if p.LessThan(band.low) || p.GreaterThan(band.high) {
 			return fmt.Errorf("%w: %s price %s is outside %s..%s", ErrOutOfRange, r.Pair, p,
-				spec.FormatPrice(low), spec.FormatPrice(high))
+				spec.FormatPrice(band.low), spec.FormatPrice(band.high))
 		}
 	}
 	return nil
 }
+
+type priceBand struct{ low, high decimal.Decimal }
+
+// priceBands are the pairs' price bands, made once: CheckRange runs for every quote in every reader.
+var priceBands = sync.OnceValue(func() map[fx.Pair]priceBand {
+	factor := decimal.NewFromInt(priceBandFactor)
+	bands := make(map[fx.Pair]priceBand, len(fx.Pairs()))
+	for _, spec := range fx.Pairs() {
+		bands[spec.Pair] = priceBand{low: spec.ReferenceMid.Div(factor), high: spec.ReferenceMid.Mul(factor)}
+	}
+	return bands
+})
 
 // Validate checks the pair, prices, precision and identity of the quote.
 func (r *RateV1) Validate() error {
