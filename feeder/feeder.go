@@ -26,6 +26,7 @@ import (
 	"github.com/kawase-fx/kawase/eventing"
 	"github.com/kawase-fx/kawase/eventing/cekafka"
 	"github.com/kawase-fx/kawase/eventing/fx"
+	"github.com/kawase-fx/kawase/eventing/observe"
 	"github.com/kawase-fx/kawase/feeder/fixspec"
 )
 
@@ -93,6 +94,10 @@ type Config struct {
 	OnPublished func(Published)
 }
 
+// refusedQuoteLogIntervalMs is the least time between two warnings about refused quotes; the
+// metric counts every one.
+const refusedQuoteLogIntervalMs = 1_000
+
 // Feeder is one replica.
 type Feeder struct {
 	cfg      Config
@@ -104,6 +109,8 @@ type Feeder struct {
 	ready    atomic.Bool
 	epoch    atomic.Int64
 	leading  atomic.Bool
+	// refusedLog paces the warning about refused quotes: a provider fault refuses every quote.
+	refusedLog *observe.LogEvery
 }
 
 // New checks the configuration and prepares everything a standby needs: the FIX settings and data
@@ -122,7 +129,8 @@ func New(cfg Config) (*Feeder, error) {
 	}
 	return &Feeder{
 		cfg: cfg, log: cfg.Logger, metrics: cfg.Metrics, dict: dict,
-		warm: &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Timeout: brokerCheckTimeoutMs * time.Millisecond},
+		refusedLog: observe.NewLogEvery(refusedQuoteLogIntervalMs * time.Millisecond),
+		warm:       &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Timeout: brokerCheckTimeoutMs * time.Millisecond},
 	}, nil
 }
 

@@ -421,6 +421,10 @@ func (a *sessionApp) emit(st stamp, pair fx.Pair, ps *pairState) {
 
 func (a *sessionApp) invalidQuote(symbol string, err error) {
 	a.f.metrics.Malformed.WithLabelValues("invalid_quote").Inc()
+	ok, held := a.f.refusedLog.Allow(time.Now())
+	if !ok {
+		return
+	}
 	a.f.log.Warn("fix quote refused: malformed", zap.String("session", a.session), zap.String("Symbol", symbol),
-		zap.Error(err))
+		zap.Error(err), zap.Int("refusedSinceLastWarning", held))
 }

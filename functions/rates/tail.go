@@ -11,6 +11,7 @@ import (
 
 	"github.com/kawase-fx/kawase/eventing"
 	"github.com/kawase-fx/kawase/eventing/cekafka"
+	"github.com/kawase-fx/kawase/eventing/observe"
 )
 
 // Limits of tailing the topic. Each replica reads every partition itself (no consumer group: every
@@ -19,6 +20,9 @@ const (
 	tailMaxWaitMs        = 250
 	discoverBackoffMs    = 250
 	discoverBackoffMaxMs = 5_000
+	// skippedLogIntervalMs is the least time between two warnings about skipped records; the
+	// metrics count every one.
+	skippedLogIntervalMs = 1_000
 )
 
 // tailer reads every partition of the rates topic and hands each rate to apply.
@@ -27,13 +31,15 @@ type tailer struct {
 	apply func(*eventing.RateV1) bool
 	log   *zap.SugaredLogger
 	m     *metrics
+	// skippedLog paces the warnings about skipped records: a fault upstream may skip every one.
+	skippedLog *observe.LogEvery
 	// pending counts partitions not yet read up to where they ended at start-up; -1 until the
 	// partitions are discovered.
 	pending atomic.Int64
 }
 
 func newTailer(cfg Config, apply func(*eventing.RateV1) bool, log *zap.SugaredLogger, m *metrics) *tailer {
-	t := &tailer{cfg: cfg, apply: apply, log: log, m: m}
+	t := &tailer{cfg: cfg, apply: apply, log: log, m: m, skippedLog: observe.NewLogEvery(skippedLogIntervalMs * time.Millisecond)}
 	t.pending.Store(-1)
 	return t
 }
@@ -147,7 +153,10 @@ func (t *tailer) applyMessage(m kafka.Message) {
 		// The ratekeeper dead-letters such records; here they are only skipped and counted.
 		t.m.undecodable.Inc()
 		if !errors.Is(err, eventing.ErrInvalid) && !errors.Is(err, eventing.ErrUnknownType) && !errors.Is(err, cekafka.ErrNotCloudEvent) {
-			t.log.Warnw("undecodable record on the rates topic", "partition", m.Partition, "offset", m.Offset, "error", err)
+			if ok, held := t.skippedLog.Allow(time.Now()); ok {
+				t.log.Warnw("undecodable record on the rates topic", "partition", m.Partition, "offset", m.Offset, "error", err,
+					"skippedSinceLastWarning", held)
+			}
 		}
 		return
 	}
@@ -155,7 +164,10 @@ func (t *tailer) applyMessage(m kafka.Message) {
 	// pair's high-water mark and hide every real rate after it.
 	if err := rate.CheckRange(t.cfg.Now()); err != nil {
 		t.m.outOfRange.Inc()
-		t.log.Warnw("out-of-range rate on the rates topic skipped", "partition", m.Partition, "offset", m.Offset, "error", err)
+		if ok, held := t.skippedLog.Allow(time.Now()); ok {
+			t.log.Warnw("out-of-range rate on the rates topic skipped", "partition", m.Partition, "offset", m.Offset, "error", err,
+				"skippedSinceLastWarning", held)
+		}
 		return
 	}
 	t.apply(rate)
