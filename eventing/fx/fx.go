@@ -161,8 +161,9 @@ const (
 	// decimalExponentMax and decimalExponentMin bound the power of ten a decimal is written with.
 	decimalExponentMax = 20
 	decimalExponentMin = -20
-	// decimalCoefficientBitsMax bounds its digits: 2^133 is about 1.1e40.
+	// decimalCoefficientBitsMax bounds its digits: 2^133 is about 1.1e40, so any 40 digits fit.
 	decimalCoefficientBitsMax = 133
+	decimalDigitsWithinBits   = 40
 )
 
 // ErrMagnitude is returned for a decimal written with more digits or a larger power of ten than any
@@ -175,6 +176,9 @@ var ErrMagnitude = errors.New("decimal out of range")
 func CheckMagnitude(d decimal.Decimal) error {
 	if e := d.Exponent(); e > decimalExponentMax || e < decimalExponentMin {
 		return fmt.Errorf("%w: exponent %d is outside %d..%d", ErrMagnitude, e, decimalExponentMin, decimalExponentMax)
+	}
+	if d.NumDigits() <= decimalDigitsWithinBits {
+		return nil // what a price or a quantity always is; Coefficient would copy the digits
 	}
 	if bits := d.Coefficient().BitLen(); bits > decimalCoefficientBitsMax {
 		return fmt.Errorf("%w: %d significant bits, at most %d", ErrMagnitude, bits, decimalCoefficientBitsMax)

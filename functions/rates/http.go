@@ -41,12 +41,9 @@ func (s *Service) routes() http.Handler {
 	mux.HandleFunc("GET /v1/rates/{pair}", s.getRate)
 	mux.HandleFunc("GET /v1/rates/{pair}/candles", s.getCandles)
 	mux.HandleFunc("GET /{$}", serveBoard)
-	fallback := observe.Unrouted(mux)
-	mux.HandleFunc("/v1/rates", fallback)
-	mux.HandleFunc("/v1/rates/", fallback)
-	// Everything else this Service is sent (on its own, it is sent every path) is answered as
-	// problem+json too.
-	mux.HandleFunc("/", fallback)
+	// Everything else this Service is sent (on its own, it is sent every path; in kawase dev, the
+	// paths of Routes) is answered as problem+json.
+	mux.HandleFunc("/", observe.Unrouted(mux))
 	return mux
 }
 
