@@ -261,6 +261,7 @@ func TestDevStartsStopsAndKeepsData(t *testing.T) {
 	if err != nil || back.ID() != e.ID() {
 		t.Fatalf("kafka record after restart: %v, %v", back.ID(), err)
 	}
+	checkColdReplicaSeedsFromTheRatekeeper(t, second.state)
 }
 
 func devTestEvent(t *testing.T) cloudevents.Event {

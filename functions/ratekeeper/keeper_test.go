@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/kawase-fx/kawase/eventing"
+	"github.com/kawase-fx/kawase/eventing/fx"
 	"github.com/kawase-fx/kawase/functions/ratekeeper"
 	ratesv1 "github.com/kawase-fx/kawase/proto/rates/v1"
 )
@@ -200,8 +201,8 @@ func candleClient(t *testing.T, k *ratekeeper.Keeper) ratesv1.CandleServiceClien
 }
 
 // TestPruneKeepsMarks deletes expired ticks and S5 candles but keeps the marks, so a replay of the
-// pruned quotes is still a duplicate, and keeps each pair's open S5 candle, however old, since the
-// wider candles do not hold it yet.
+// pruned quotes is still a duplicate, keeps each pair's open S5 candle, however old, since the
+// wider candles do not hold it yet, and keeps each pair's last tick, however old, for GetLastTicks.
 func TestPruneKeepsMarks(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
@@ -220,7 +221,9 @@ func TestPruneKeepsMarks(t *testing.T) {
 	if err := k.PruneOnce(ctx); err != nil {
 		t.Fatal(err)
 	}
-	mustf(t, queryInt(t, env.pool, `SELECT count(*) FROM ratekeeper.ticks`) == 1, "want only the fresh tick left")
+	mustf(t, queryInt(t, env.pool, `SELECT count(*) FROM ratekeeper.ticks WHERE pair = 'GBP_USD'`) == 1, "want only GBP_USD's fresh tick left")
+	mustf(t, queryInt(t, env.pool, `SELECT count(*) FROM ratekeeper.ticks WHERE pair = 'EUR_USD'`) == 1,
+		"want EUR_USD's last tick kept however old")
 	mustf(t, queryInt(t, env.pool, `SELECT count(*) FROM ratekeeper.candles WHERE granularity = 'S5' AND pair = 'GBP_USD'`) == 1,
 		"want one S5 candle of GBP_USD left")
 	mustf(t, queryInt(t, env.pool, `SELECT count(*) FROM ratekeeper.candles WHERE granularity = 'S5' AND pair = 'EUR_USD'`) == 1,
@@ -307,4 +310,61 @@ func TestMarksDeletedBehindItsBack(t *testing.T) {
 	mustf(t, d.status >= 500, "delivery while the mark is missing answered %d %s, want a retryable 5xx", d.status, d.body)
 	d = mustDeliver(t, env.srv.URL, next)
 	mustf(t, d.outcome == "accepted", "redelivery answered %d %s, want accepted", d.status, d.body)
+}
+
+// TestLastTicks serves each pair's last processed rate exactly as it was published (the provider time
+// to the nanosecond), even after pruning has removed every other tick of a pair quiet for days, and
+// leaves out a pair that never had a rate.
+func TestLastTicks(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	env := startKeeper(t, ratekeeper.Config{})
+	old := time.Now().UTC().Add(-72 * time.Hour).Add(123456789 * time.Nanosecond)
+	var lastJPY eventing.RateV1
+	for i := range 5 {
+		lastJPY = withEpoch(quote("USD_JPY", i, time.Now().UTC().Add(-time.Minute).Add(7*time.Nanosecond), time.Millisecond), 2)
+		mustDeliver(t, env.srv.URL, lastJPY)
+	}
+	var lastEUR eventing.RateV1
+	for i := range 3 {
+		lastEUR = withEpoch(quote("EUR_USD", i, old, time.Second), 1)
+		mustDeliver(t, env.srv.URL, lastEUR)
+	}
+	k, err := ratekeeper.New(env.pool, nil, ratekeeper.Config{TickRetention: 48 * time.Hour}, zap.NewNop().Sugar(), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := k.PruneOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	client := candleClient(t, env.keeper)
+	resp, err := client.GetLastTicks(ctx, &ratesv1.GetLastTicksRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustf(t, len(resp.Ticks) == 2, "got %d ticks, want EUR_USD and USD_JPY", len(resp.Ticks))
+	for i, want := range []eventing.RateV1{lastEUR, lastJPY} {
+		got := resp.Ticks[i]
+		spec, _ := fx.Lookup(want.Pair)
+		mustf(t, got.Pair == string(want.Pair) && got.Bid == spec.FormatPrice(want.Bid) && got.Ask == spec.FormatPrice(want.Ask),
+			"tick %d: %v, want %s %s %s", i, got, want.Pair, want.Bid, want.Ask)
+		mustf(t, got.Time.AsTime().Equal(want.ProviderTime), "%s time %v, want %v", want.Pair, got.Time.AsTime(), want.ProviderTime)
+		mustf(t, got.QuoteId == want.QuoteID && got.Epoch == want.Epoch, "%s quote %s epoch %d", want.Pair, got.QuoteId, got.Epoch)
+		mustf(t, got.ReceivedAt != nil && got.ReceivedAt.AsTime().Sub(want.ReceivedAt).Abs() < time.Microsecond,
+			"%s received at %v, want %v", want.Pair, got.ReceivedAt, want.ReceivedAt)
+	}
+	one, err := client.GetLastTicks(ctx, &ratesv1.GetLastTicksRequest{Pairs: []string{"EUR_USD", "GBP_USD"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustf(t, len(one.Ticks) == 1 && one.Ticks[0].Pair == "EUR_USD", "EUR_USD and the never-quoted GBP_USD: %v", one.Ticks)
+	tooMany := make([]string, 257)
+	for i := range tooMany {
+		tooMany[i] = "USD_JPY"
+	}
+	for _, bad := range [][]string{{"XXX_YYY"}, {"USD_JPY", "USD_JPY"}, tooMany} {
+		if _, err := client.GetLastTicks(ctx, &ratesv1.GetLastTicksRequest{Pairs: bad}); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("%d pairs starting %s: got %v, want InvalidArgument", len(bad), bad[0], err)
+		}
+	}
 }

@@ -16,8 +16,11 @@ const (
 	pruneChunksMax    = 100
 )
 
+// pruneTicksSQL keeps the pair's last processed tick whatever its age (its n is the mark's count):
+// GetLastTicks serves it to a rates replica that starts while the pair is quiet.
 const pruneTicksSQL = `DELETE FROM ratekeeper.ticks WHERE ctid = ANY(ARRAY(
-  SELECT ctid FROM ratekeeper.ticks WHERE pair = $1 AND provider_ns < $2 LIMIT $3))`
+  SELECT ctid FROM ratekeeper.ticks WHERE pair = $1 AND provider_ns < $2
+    AND n < coalesce((SELECT ticks FROM ratekeeper.marks WHERE pair = $1), 0) LIMIT $3))`
 
 // pruneCandlesSQL keeps the pair's S5 candles not yet rolled up whatever their age (normally the open
 // one): the rollups do not hold them yet (see granularities).

@@ -17,6 +17,8 @@ type metrics struct {
 	undecodable   prometheus.Counter
 	outOfRange    prometheus.Counter // well-formed rates that cannot be real (eventing.RateV1.CheckRange)
 	tailErrors    prometheus.Counter
+	seeded        prometheus.Counter // quiet pairs' rates taken from the ratekeeper at a cold start
+	seedErrors    prometheus.Counter
 	freshness     prometheus.Histogram
 	notModified   prometheus.Counter
 	served        prometheus.Counter
@@ -40,6 +42,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		},
 		undecodable: appliedVec.WithLabelValues("invalid"),
 		outOfRange:  appliedVec.WithLabelValues("out_of_range"),
+		seeded:      appliedVec.WithLabelValues("seeded"),
+		seedErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "kawase_rates_seed_errors_total",
+			Help: "Failed calls for the ratekeeper's last rates of pairs quiet at a cold start (retried)."}),
 		tailErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "kawase_rates_tail_errors_total",
 			Help: "Failed fetches from the rates topic (the partition reader is restarted)."}),
 		freshness: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "kawase_rates_freshness_seconds",
@@ -55,7 +60,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		streamBatches: prometheus.NewCounter(prometheus.CounterOpts{Name: "kawase_rates_stream_batches_total",
 			Help: "Conflated update batches published to stream clients."}),
 	}
-	for _, c := range []prometheus.Collector{appliedVec, requests, m.tailErrors, m.freshness, m.streamClients,
+	for _, c := range []prometheus.Collector{appliedVec, requests, m.tailErrors, m.seedErrors, m.freshness, m.streamClients,
 		m.streamDropped, m.streamBatches} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)

@@ -3,7 +3,8 @@
 // memory by the ratekeeper's strictly-newer rule, and serves it pre-serialized — REST with ETags,
 // Server-Sent Events and gRPC streams conflated per client, candles proxied from the ratekeeper's gRPC
 // read path, and a live rate board at /. A cold-started replica reports ready only once it holds a
-// rate for every pair it serves.
+// rate for every pair it serves: from its tail of the topic, or, for a pair quiet for longer than the
+// tail reaches back, the last rate the ratekeeper processed.
 package rates
 
 import (
@@ -12,6 +13,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -101,6 +103,9 @@ type Service struct {
 	log     *zap.SugaredLogger
 	metrics *metrics
 	handler http.Handler
+	// neverQuoted holds, once seeding has asked the ratekeeper, the served pairs that have never had
+	// a rate; nil before.
+	neverQuoted atomic.Pointer[map[fx.Pair]bool]
 }
 
 // New returns a rates service. candles is the ratekeeper's CandleService; nil answers the candles
@@ -146,6 +151,9 @@ func (s *Service) Run(ctx context.Context) error {
 	fns := []func(context.Context) error{s.hub.run, s.sweepStale}
 	if s.tail != nil {
 		fns = append(fns, s.tail.run)
+		if s.candles != nil {
+			fns = append(fns, s.seedQuietPairs)
+		}
 	}
 	return observe.RunAll(ctx, fns...)
 }
@@ -162,14 +170,15 @@ func (s *Service) Apply(r *eventing.RateV1) bool {
 }
 
 // Ready fails until this replica has caught up with every partition as it was at start-up and holds
-// a rate for every pair it serves, so it never takes traffic with a partial snapshot.
+// a rate for every pair it serves (but those the ratekeeper has never had a rate for), so it never
+// takes traffic with a partial snapshot.
 func (s *Service) Ready(context.Context) error {
 	if s.tail != nil {
 		if n := s.tail.behind(); n > 0 {
 			return fmt.Errorf("catching up: %d partition(s) behind", n)
 		}
 	}
-	if missing := s.book.missing(); len(missing) > 0 {
+	if missing := s.quietPairsUnknown(s.book.missing()); len(missing) > 0 {
 		names := make([]string, len(missing))
 		for i, p := range missing {
 			names[i] = string(p)

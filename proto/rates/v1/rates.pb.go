@@ -641,6 +641,194 @@ func (x *GetCandlesResponse) GetCandles() []*Candle {
 	return nil
 }
 
+type GetLastTicksRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// pairs to return; empty means every pair the ratekeeper has processed a rate for.
+	Pairs         []string `protobuf:"bytes,1,rep,name=pairs,proto3" json:"pairs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetLastTicksRequest) Reset() {
+	*x = GetLastTicksRequest{}
+	mi := &file_rates_v1_rates_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetLastTicksRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetLastTicksRequest) ProtoMessage() {}
+
+func (x *GetLastTicksRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_rates_v1_rates_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetLastTicksRequest.ProtoReflect.Descriptor instead.
+func (*GetLastTicksRequest) Descriptor() ([]byte, []int) {
+	return file_rates_v1_rates_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *GetLastTicksRequest) GetPairs() []string {
+	if x != nil {
+		return x.Pairs
+	}
+	return nil
+}
+
+// Tick is one processed rate as the ratekeeper recorded it.
+type Tick struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Pair  string                 `protobuf:"bytes,1,opt,name=pair,proto3" json:"pair,omitempty"`
+	// bid and ask are decimal strings at the pair's precision.
+	Bid string `protobuf:"bytes,2,opt,name=bid,proto3" json:"bid,omitempty"`
+	Ask string `protobuf:"bytes,3,opt,name=ask,proto3" json:"ask,omitempty"`
+	// time is the provider's time of the quote, quote_id the provider's quote id.
+	Time    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=time,proto3" json:"time,omitempty"`
+	QuoteId string                 `protobuf:"bytes,5,opt,name=quote_id,json=quoteId,proto3" json:"quote_id,omitempty"`
+	// epoch is the feeder leader's fencing token the rate was published under.
+	Epoch int64 `protobuf:"varint,6,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// received_at is when the feeder read the quote off the FIX session (unset if unknown), so a
+	// consumer can tell how old it is.
+	ReceivedAt    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=received_at,json=receivedAt,proto3" json:"received_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Tick) Reset() {
+	*x = Tick{}
+	mi := &file_rates_v1_rates_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Tick) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Tick) ProtoMessage() {}
+
+func (x *Tick) ProtoReflect() protoreflect.Message {
+	mi := &file_rates_v1_rates_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Tick.ProtoReflect.Descriptor instead.
+func (*Tick) Descriptor() ([]byte, []int) {
+	return file_rates_v1_rates_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *Tick) GetPair() string {
+	if x != nil {
+		return x.Pair
+	}
+	return ""
+}
+
+func (x *Tick) GetBid() string {
+	if x != nil {
+		return x.Bid
+	}
+	return ""
+}
+
+func (x *Tick) GetAsk() string {
+	if x != nil {
+		return x.Ask
+	}
+	return ""
+}
+
+func (x *Tick) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *Tick) GetQuoteId() string {
+	if x != nil {
+		return x.QuoteId
+	}
+	return ""
+}
+
+func (x *Tick) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *Tick) GetReceivedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ReceivedAt
+	}
+	return nil
+}
+
+type GetLastTicksResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ticks holds one tick per requested pair that has one; a pair left out has never had a rate.
+	Ticks         []*Tick `protobuf:"bytes,1,rep,name=ticks,proto3" json:"ticks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetLastTicksResponse) Reset() {
+	*x = GetLastTicksResponse{}
+	mi := &file_rates_v1_rates_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetLastTicksResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetLastTicksResponse) ProtoMessage() {}
+
+func (x *GetLastTicksResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_rates_v1_rates_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetLastTicksResponse.ProtoReflect.Descriptor instead.
+func (*GetLastTicksResponse) Descriptor() ([]byte, []int) {
+	return file_rates_v1_rates_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *GetLastTicksResponse) GetTicks() []*Tick {
+	if x != nil {
+		return x.Ticks
+	}
+	return nil
+}
+
 var File_rates_v1_rates_proto protoreflect.FileDescriptor
 
 const file_rates_v1_rates_proto_rawDesc = "" +
@@ -681,7 +869,20 @@ const file_rates_v1_rates_proto_rawDesc = "" +
 	"\x12GetCandlesResponse\x12\x12\n" +
 	"\x04pair\x18\x01 \x01(\tR\x04pair\x12>\n" +
 	"\vgranularity\x18\x02 \x01(\x0e2\x1c.kawase.rates.v1.GranularityR\vgranularity\x121\n" +
-	"\acandles\x18\x03 \x03(\v2\x17.kawase.rates.v1.CandleR\acandles*z\n" +
+	"\acandles\x18\x03 \x03(\v2\x17.kawase.rates.v1.CandleR\acandles\"+\n" +
+	"\x13GetLastTicksRequest\x12\x14\n" +
+	"\x05pairs\x18\x01 \x03(\tR\x05pairs\"\xdc\x01\n" +
+	"\x04Tick\x12\x12\n" +
+	"\x04pair\x18\x01 \x01(\tR\x04pair\x12\x10\n" +
+	"\x03bid\x18\x02 \x01(\tR\x03bid\x12\x10\n" +
+	"\x03ask\x18\x03 \x01(\tR\x03ask\x12.\n" +
+	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x19\n" +
+	"\bquote_id\x18\x05 \x01(\tR\aquoteId\x12\x14\n" +
+	"\x05epoch\x18\x06 \x01(\x03R\x05epoch\x12;\n" +
+	"\vreceived_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"receivedAt\"C\n" +
+	"\x14GetLastTicksResponse\x12+\n" +
+	"\x05ticks\x18\x01 \x03(\v2\x15.kawase.rates.v1.TickR\x05ticks*z\n" +
 	"\vGranularity\x12\x1b\n" +
 	"\x17GRANULARITY_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eGRANULARITY_S5\x10\x01\x12\x12\n" +
@@ -691,10 +892,11 @@ const file_rates_v1_rates_proto_rawDesc = "" +
 	"\vRateService\x12O\n" +
 	"\bGetRates\x12 .kawase.rates.v1.GetRatesRequest\x1a!.kawase.rates.v1.GetRatesResponse\x12W\n" +
 	"\n" +
-	"WatchRates\x12\".kawase.rates.v1.WatchRatesRequest\x1a#.kawase.rates.v1.WatchRatesResponse0\x012f\n" +
+	"WatchRates\x12\".kawase.rates.v1.WatchRatesRequest\x1a#.kawase.rates.v1.WatchRatesResponse0\x012\xc3\x01\n" +
 	"\rCandleService\x12U\n" +
 	"\n" +
-	"GetCandles\x12\".kawase.rates.v1.GetCandlesRequest\x1a#.kawase.rates.v1.GetCandlesResponseB4Z2github.com/kawase-fx/kawase/proto/rates/v1;ratesv1b\x06proto3"
+	"GetCandles\x12\".kawase.rates.v1.GetCandlesRequest\x1a#.kawase.rates.v1.GetCandlesResponse\x12[\n" +
+	"\fGetLastTicks\x12$.kawase.rates.v1.GetLastTicksRequest\x1a%.kawase.rates.v1.GetLastTicksResponseB4Z2github.com/kawase-fx/kawase/proto/rates/v1;ratesv1b\x06proto3"
 
 var (
 	file_rates_v1_rates_proto_rawDescOnce sync.Once
@@ -709,7 +911,7 @@ func file_rates_v1_rates_proto_rawDescGZIP() []byte {
 }
 
 var file_rates_v1_rates_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_rates_v1_rates_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_rates_v1_rates_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_rates_v1_rates_proto_goTypes = []any{
 	(Granularity)(0),              // 0: kawase.rates.v1.Granularity
 	(*Rate)(nil),                  // 1: kawase.rates.v1.Rate
@@ -721,29 +923,37 @@ var file_rates_v1_rates_proto_goTypes = []any{
 	(*OHLC)(nil),                  // 7: kawase.rates.v1.OHLC
 	(*Candle)(nil),                // 8: kawase.rates.v1.Candle
 	(*GetCandlesResponse)(nil),    // 9: kawase.rates.v1.GetCandlesResponse
-	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
+	(*GetLastTicksRequest)(nil),   // 10: kawase.rates.v1.GetLastTicksRequest
+	(*Tick)(nil),                  // 11: kawase.rates.v1.Tick
+	(*GetLastTicksResponse)(nil),  // 12: kawase.rates.v1.GetLastTicksResponse
+	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
 }
 var file_rates_v1_rates_proto_depIdxs = []int32{
-	10, // 0: kawase.rates.v1.Rate.time:type_name -> google.protobuf.Timestamp
+	13, // 0: kawase.rates.v1.Rate.time:type_name -> google.protobuf.Timestamp
 	1,  // 1: kawase.rates.v1.GetRatesResponse.rates:type_name -> kawase.rates.v1.Rate
 	1,  // 2: kawase.rates.v1.WatchRatesResponse.rates:type_name -> kawase.rates.v1.Rate
 	0,  // 3: kawase.rates.v1.GetCandlesRequest.granularity:type_name -> kawase.rates.v1.Granularity
-	10, // 4: kawase.rates.v1.Candle.time:type_name -> google.protobuf.Timestamp
+	13, // 4: kawase.rates.v1.Candle.time:type_name -> google.protobuf.Timestamp
 	7,  // 5: kawase.rates.v1.Candle.bid:type_name -> kawase.rates.v1.OHLC
 	7,  // 6: kawase.rates.v1.Candle.ask:type_name -> kawase.rates.v1.OHLC
 	0,  // 7: kawase.rates.v1.GetCandlesResponse.granularity:type_name -> kawase.rates.v1.Granularity
 	8,  // 8: kawase.rates.v1.GetCandlesResponse.candles:type_name -> kawase.rates.v1.Candle
-	2,  // 9: kawase.rates.v1.RateService.GetRates:input_type -> kawase.rates.v1.GetRatesRequest
-	4,  // 10: kawase.rates.v1.RateService.WatchRates:input_type -> kawase.rates.v1.WatchRatesRequest
-	6,  // 11: kawase.rates.v1.CandleService.GetCandles:input_type -> kawase.rates.v1.GetCandlesRequest
-	3,  // 12: kawase.rates.v1.RateService.GetRates:output_type -> kawase.rates.v1.GetRatesResponse
-	5,  // 13: kawase.rates.v1.RateService.WatchRates:output_type -> kawase.rates.v1.WatchRatesResponse
-	9,  // 14: kawase.rates.v1.CandleService.GetCandles:output_type -> kawase.rates.v1.GetCandlesResponse
-	12, // [12:15] is the sub-list for method output_type
-	9,  // [9:12] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	13, // 9: kawase.rates.v1.Tick.time:type_name -> google.protobuf.Timestamp
+	13, // 10: kawase.rates.v1.Tick.received_at:type_name -> google.protobuf.Timestamp
+	11, // 11: kawase.rates.v1.GetLastTicksResponse.ticks:type_name -> kawase.rates.v1.Tick
+	2,  // 12: kawase.rates.v1.RateService.GetRates:input_type -> kawase.rates.v1.GetRatesRequest
+	4,  // 13: kawase.rates.v1.RateService.WatchRates:input_type -> kawase.rates.v1.WatchRatesRequest
+	6,  // 14: kawase.rates.v1.CandleService.GetCandles:input_type -> kawase.rates.v1.GetCandlesRequest
+	10, // 15: kawase.rates.v1.CandleService.GetLastTicks:input_type -> kawase.rates.v1.GetLastTicksRequest
+	3,  // 16: kawase.rates.v1.RateService.GetRates:output_type -> kawase.rates.v1.GetRatesResponse
+	5,  // 17: kawase.rates.v1.RateService.WatchRates:output_type -> kawase.rates.v1.WatchRatesResponse
+	9,  // 18: kawase.rates.v1.CandleService.GetCandles:output_type -> kawase.rates.v1.GetCandlesResponse
+	12, // 19: kawase.rates.v1.CandleService.GetLastTicks:output_type -> kawase.rates.v1.GetLastTicksResponse
+	16, // [16:20] is the sub-list for method output_type
+	12, // [12:16] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_rates_v1_rates_proto_init() }
@@ -757,7 +967,7 @@ func file_rates_v1_rates_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rates_v1_rates_proto_rawDesc), len(file_rates_v1_rates_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   9,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -179,18 +179,24 @@ var RateService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	CandleService_GetCandles_FullMethodName = "/kawase.rates.v1.CandleService/GetCandles"
+	CandleService_GetCandles_FullMethodName   = "/kawase.rates.v1.CandleService/GetCandles"
+	CandleService_GetLastTicks_FullMethodName = "/kawase.rates.v1.CandleService/GetLastTicks"
 )
 
 // CandleServiceClient is the client API for CandleService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// CandleService is the ratekeeper's read path for the OHLC candles it derives from its ticks; the
-// rates service proxies it, so no other service reads the ratekeeper's tables.
+// CandleService is the ratekeeper's read path: the OHLC candles it derives from its ticks, and each
+// pair's last processed rate. The rates service proxies the candles and seeds a cold start from the
+// last rates, so no other service reads the ratekeeper's tables.
 type CandleServiceClient interface {
 	// GetCandles returns the latest count candles of a pair, oldest first.
 	GetCandles(ctx context.Context, in *GetCandlesRequest, opts ...grpc.CallOption) (*GetCandlesResponse, error)
+	// GetLastTicks returns the last rate the ratekeeper processed for each requested pair that has one
+	// (every pair when none is named). A rates replica whose tail of the topic lacks a quiet pair takes
+	// that pair's rate from here, so it can serve a complete snapshot however long the pair was quiet.
+	GetLastTicks(ctx context.Context, in *GetLastTicksRequest, opts ...grpc.CallOption) (*GetLastTicksResponse, error)
 }
 
 type candleServiceClient struct {
@@ -211,15 +217,30 @@ func (c *candleServiceClient) GetCandles(ctx context.Context, in *GetCandlesRequ
 	return out, nil
 }
 
+func (c *candleServiceClient) GetLastTicks(ctx context.Context, in *GetLastTicksRequest, opts ...grpc.CallOption) (*GetLastTicksResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetLastTicksResponse)
+	err := c.cc.Invoke(ctx, CandleService_GetLastTicks_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CandleServiceServer is the server API for CandleService service.
 // All implementations must embed UnimplementedCandleServiceServer
 // for forward compatibility.
 //
-// CandleService is the ratekeeper's read path for the OHLC candles it derives from its ticks; the
-// rates service proxies it, so no other service reads the ratekeeper's tables.
+// CandleService is the ratekeeper's read path: the OHLC candles it derives from its ticks, and each
+// pair's last processed rate. The rates service proxies the candles and seeds a cold start from the
+// last rates, so no other service reads the ratekeeper's tables.
 type CandleServiceServer interface {
 	// GetCandles returns the latest count candles of a pair, oldest first.
 	GetCandles(context.Context, *GetCandlesRequest) (*GetCandlesResponse, error)
+	// GetLastTicks returns the last rate the ratekeeper processed for each requested pair that has one
+	// (every pair when none is named). A rates replica whose tail of the topic lacks a quiet pair takes
+	// that pair's rate from here, so it can serve a complete snapshot however long the pair was quiet.
+	GetLastTicks(context.Context, *GetLastTicksRequest) (*GetLastTicksResponse, error)
 	mustEmbedUnimplementedCandleServiceServer()
 }
 
@@ -232,6 +253,9 @@ type UnimplementedCandleServiceServer struct{}
 
 func (UnimplementedCandleServiceServer) GetCandles(context.Context, *GetCandlesRequest) (*GetCandlesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetCandles not implemented")
+}
+func (UnimplementedCandleServiceServer) GetLastTicks(context.Context, *GetLastTicksRequest) (*GetLastTicksResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetLastTicks not implemented")
 }
 func (UnimplementedCandleServiceServer) mustEmbedUnimplementedCandleServiceServer() {}
 func (UnimplementedCandleServiceServer) testEmbeddedByValue()                       {}
@@ -272,6 +296,24 @@ func _CandleService_GetCandles_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _CandleService_GetLastTicks_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetLastTicksRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CandleServiceServer).GetLastTicks(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CandleService_GetLastTicks_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CandleServiceServer).GetLastTicks(ctx, req.(*GetLastTicksRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // CandleService_ServiceDesc is the grpc.ServiceDesc for CandleService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -282,6 +324,10 @@ var CandleService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetCandles",
 			Handler:    _CandleService_GetCandles_Handler,
+		},
+		{
+			MethodName: "GetLastTicks",
+			Handler:    _CandleService_GetLastTicks_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
