@@ -58,7 +58,10 @@ func (rs *rateServer) GetRates(_ context.Context, req *ratesv1.GetRatesRequest) 
 }
 
 // WatchRates sends a snapshot, then conflated changes, until the client leaves, falls behind
-// (RESOURCE_EXHAUSTED) or the server stops (UNAVAILABLE).
+// (RESOURCE_EXHAUSTED) or the server stops (UNAVAILABLE). A client that stops reading blocks Send once
+// the flow-control window is full, and a blocked Send returns only when the stream ends; so a sender
+// goroutine does the sending, and this loop, free to see the hub drop the client, ends the stream by
+// returning, which unblocks that Send.
 func (rs *rateServer) WatchRates(req *ratesv1.WatchRatesRequest, stream ratesv1.RateService_WatchRatesServer) error {
 	idx, err := rs.indexes(req.GetPairs())
 	if err != nil {
@@ -73,6 +76,8 @@ func (rs *rateServer) WatchRates(req *ratesv1.WatchRatesRequest, stream ratesv1.
 		return status.Error(codes.Unavailable, "rates service stopping")
 	}
 	defer s.hub.unsubscribe(sub)
+	out := newWatchSender(stream)
+	defer out.stop()
 	sent := make([]uint64, len(s.book.specs))
 	first := &ratesv1.WatchRatesResponse{Snapshot: true}
 	for i, e := range s.book.load().entries {
@@ -81,7 +86,7 @@ func (rs *rateServer) WatchRates(req *ratesv1.WatchRatesRequest, stream ratesv1.
 			sent[i] = e.version
 		}
 	}
-	if err := stream.Send(first); err != nil {
+	if err := out.send(stream.Context(), sub, first); err != nil {
 		return err
 	}
 	latest := make([]*entry, len(sent))
@@ -90,10 +95,9 @@ func (rs *rateServer) WatchRates(req *ratesv1.WatchRatesRequest, stream ratesv1.
 		case <-stream.Context().Done():
 			return stream.Context().Err()
 		case <-sub.gone:
-			if errors.Is(sub.goneErr, errDropped) {
-				return status.Error(codes.ResourceExhausted, sub.goneErr.Error())
-			}
-			return status.Error(codes.Unavailable, "rates service stopping")
+			return watchEnd(sub)
+		case err := <-out.failed:
+			return err
 		case b := <-sub.ch:
 			entries := sub.conflate(b, sent, latest)
 			if len(entries) == 0 {
@@ -103,9 +107,60 @@ func (rs *rateServer) WatchRates(req *ratesv1.WatchRatesRequest, stream ratesv1.
 			for i, e := range entries {
 				msg.Rates[i] = e.proto()
 			}
-			if err := stream.Send(msg); err != nil {
+			if err := out.send(stream.Context(), sub, msg); err != nil {
 				return err
 			}
 		}
 	}
 }
+
+// watchEnd is the status of a stream the hub ended.
+func watchEnd(sub *subscriber) error {
+	if errors.Is(sub.goneErr, errDropped) {
+		return status.Error(codes.ResourceExhausted, sub.goneErr.Error())
+	}
+	return status.Error(codes.Unavailable, "rates service stopping")
+}
+
+// watchSender sends one WatchRates stream's messages from its own goroutine, one at a time.
+type watchSender struct {
+	msgs   chan *ratesv1.WatchRatesResponse
+	failed chan error
+	done   chan struct{}
+}
+
+func newWatchSender(stream ratesv1.RateService_WatchRatesServer) *watchSender {
+	w := &watchSender{msgs: make(chan *ratesv1.WatchRatesResponse), failed: make(chan error, 1), done: make(chan struct{})}
+	go func() {
+		for {
+			select {
+			case <-w.done:
+				return
+			case msg := <-w.msgs:
+				if err := stream.Send(msg); err != nil {
+					w.failed <- err
+					return
+				}
+			}
+		}
+	}()
+	return w
+}
+
+// send hands msg to the sender goroutine once it is free: meanwhile the hub keeps queueing batches,
+// so a client whose Send stays blocked is dropped, and send returns its status.
+func (w *watchSender) send(ctx context.Context, sub *subscriber, msg *ratesv1.WatchRatesResponse) error {
+	select {
+	case w.msgs <- msg:
+		return nil
+	case err := <-w.failed:
+		return err
+	case <-sub.gone:
+		return watchEnd(sub)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// stop lets an idle sender goroutine go; one blocked in Send goes when the stream ends.
+func (w *watchSender) stop() { close(w.done) }

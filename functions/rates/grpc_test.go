@@ -3,6 +3,7 @@ package rates_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/kawase-fx/kawase/eventing/fx"
 	"github.com/kawase-fx/kawase/functions/rates"
 	ratesv1 "github.com/kawase-fx/kawase/proto/rates/v1"
 )
@@ -161,4 +163,73 @@ func TestCandlesProxied(t *testing.T) {
 	if r := get(t, noCandles.srv.URL+"/v1/rates/USD_JPY/candles?granularity=M1"); r.status != 503 || problemCode(r) != "candles_unavailable" {
 		t.Errorf("no candle source: %d %s", r.status, r.body)
 	}
+}
+
+// TestGRPCSlowWatcherDropped opens a WatchRates stream that is never read, with flow-control windows
+// fixed at 64 KiB, while every pair changes every interval: once the server's send blocks, the
+// stream must still be dropped (bounded backlog), counted and its slot freed, its handler must return
+// although the client still reads nothing, and the client, when it reads again, gets what was sent and
+// then RESOURCE_EXHAUSTED.
+func TestGRPCSlowWatcherDropped(t *testing.T) {
+	env := startRates(t, rates.Config{ConflateInterval: 10 * time.Millisecond}, nil)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	go func() { // every pair moves every 10 ms
+		for i := 1; ctx.Err() == nil; i++ {
+			for _, spec := range fx.Pairs() {
+				r := quote(spec.Pair, i%500, 1)
+				r.QuoteID, r.ProviderTime = fmt.Sprint(i), time.Now()
+				env.svc.Apply(&r)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	eventually(t, "ready", func() bool { return env.svc.Ready(t.Context()) == nil })
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// handlerDone reports when WatchRates returns, which a handler stuck in a blocked Send never does.
+	handlerDone := make(chan error, 1)
+	gs := grpc.NewServer(grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		err := h(srv, ss)
+		handlerDone <- err
+		return err
+	}))
+	env.svc.RegisterGRPC(gs)
+	go func() { _ = gs.Serve(ln) }()
+	defer gs.Stop()
+	const windowBytes = 64 << 10 // a fixed window turns off the client's BDP-driven growth
+	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(windowBytes), grpc.WithInitialConnWindowSize(windowBytes))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	watch, err := ratesv1.NewRateServiceClient(conn).WatchRates(ctx, &ratesv1.WatchRatesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the unread watcher dropped", func() bool {
+		return metricValue(t, env.reg, "kawase_rates_stream_dropped_total", nil) == 1
+	})
+	eventually(t, "its slot freed", func() bool {
+		return metricValue(t, env.reg, "kawase_rates_stream_clients", nil) == 0
+	})
+	select {
+	case err := <-handlerDone:
+		mustf(t, status.Code(err) == codes.ResourceExhausted, "WatchRates returned %v, want RESOURCE_EXHAUSTED", err)
+	case <-time.After(testTimeout):
+		t.Fatal("WatchRates did not return while its client was not reading")
+	}
+	n := 0
+	for {
+		_, err := watch.Recv()
+		if err != nil {
+			mustf(t, status.Code(err) == codes.ResourceExhausted, "after %d messages: %v, want RESOURCE_EXHAUSTED", n, err)
+			break
+		}
+		n++
+	}
+	mustf(t, n > 1, "only %d messages before the drop", n)
 }
