@@ -149,6 +149,36 @@ func TestOrderCommandValidation(t *testing.T) {
 	}
 }
 
+// TestTriggerQuoteValidation: a trigger may carry the quote it saw, which must be a real quote of a
+// known pair at its precision; no other kind carries one.
+func TestTriggerQuoteValidation(t *testing.T) {
+	at := time.Date(2026, 12, 2, 9, 0, 0, 0, time.UTC)
+	quote := func() *TriggerQuote {
+		return &TriggerQuote{Pair: "USD_JPY", Bid: decimal.RequireFromString("150.010"), Ask: decimal.RequireFromString("150.020"), Time: at}
+	}
+	good := OrderCommandV1{CommandID: "trigger:o1", Kind: CommandTrigger, AccountID: "a1", OrderID: "o1", TriggerQuote: quote()}
+	if err := good.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	bad := map[string]func(*OrderCommandV1){
+		"unknown pair":   func(c *OrderCommandV1) { c.TriggerQuote.Pair = "XXX_YYY" },
+		"bid precision":  func(c *OrderCommandV1) { c.TriggerQuote.Bid = decimal.RequireFromString("150.0101") },
+		"ask negative":   func(c *OrderCommandV1) { c.TriggerQuote.Ask = decimal.RequireFromString("-150.020") },
+		"crossed":        func(c *OrderCommandV1) { c.TriggerQuote.Ask = decimal.RequireFromString("150.000") },
+		"no time":        func(c *OrderCommandV1) { c.TriggerQuote.Time = time.Time{} },
+		"on a cancel":    func(c *OrderCommandV1) { c.Kind = CommandCancel },
+		"huge magnitude": func(c *OrderCommandV1) { c.TriggerQuote.Ask = decimal.New(1, 400) },
+	}
+	for name, m := range bad {
+		c := good
+		c.TriggerQuote = quote()
+		m(&c)
+		if err := c.Validate(); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: Validate = %v, want ErrInvalid", name, err)
+		}
+	}
+}
+
 func TestCatalogueIsComplete(t *testing.T) {
 	topics := map[string]bool{}
 	for _, tp := range Topics() {

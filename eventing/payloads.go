@@ -254,8 +254,42 @@ type OrderCommandV1 struct {
 	OrderID string     `json:"orderId"`
 	Order   *OrderSpec `json:"order,omitempty"`
 	// TriggerRateID is the id of the rate that triggered a pending order (kind trigger).
-	TriggerRateID string    `json:"triggerRateId,omitempty"`
-	RequestedAt   time.Time `json:"requestedAt"`
+	TriggerRateID string `json:"triggerRateId,omitempty"`
+	// TriggerQuote is the rate that triggered a pending order (kind trigger): the ledger fills a stop
+	// order at its market, and a limit order at that or better, when its own price of the pair has
+	// gone stale by the time it applies the trigger. Absent from triggers issued before it existed.
+	TriggerQuote *TriggerQuote `json:"triggerQuote,omitempty"`
+	RequestedAt  time.Time     `json:"requestedAt"`
+}
+
+// TriggerQuote is the quote a trigger saw cross a pending order's price.
+type TriggerQuote struct {
+	Pair fx.Pair         `json:"pair"`
+	Bid  decimal.Decimal `json:"bid"`
+	Ask  decimal.Decimal `json:"ask"`
+	// Time is the provider's time of the quote.
+	Time time.Time `json:"time"`
+}
+
+// Validate checks the quote's pair, prices (at the pair's precision, not crossed) and time.
+func (q *TriggerQuote) Validate() error {
+	spec, err := fx.Lookup(q.Pair)
+	if err != nil {
+		return invalidf("triggerQuote: %v", err)
+	}
+	if err := spec.CheckPrice(q.Bid); err != nil {
+		return invalidf("triggerQuote bid: %v", err)
+	}
+	if err := spec.CheckPrice(q.Ask); err != nil {
+		return invalidf("triggerQuote ask: %v", err)
+	}
+	if q.Ask.LessThan(q.Bid) {
+		return invalidf("triggerQuote is crossed: ask %s below bid %s", q.Ask, q.Bid)
+	}
+	if q.Time.IsZero() {
+		return invalidf("triggerQuote lacks its time")
+	}
+	return nil
 }
 
 // PartitionKey orders commands per account.
@@ -275,6 +309,12 @@ func (c *OrderCommandV1) Validate() error {
 	case CommandCancel, CommandTrigger:
 		if c.OrderID == "" {
 			return invalidf("%s command %s lacks an order id", c.Kind, c.CommandID)
+		}
+		if c.TriggerQuote != nil {
+			if c.Kind != CommandTrigger {
+				return invalidf("a %s command takes no triggerQuote", c.Kind)
+			}
+			return c.TriggerQuote.Validate()
 		}
 	case CommandCloseOut:
 	default:

@@ -462,7 +462,8 @@ func samplePayloads() map[string][]Payload {
 					PriceBound: &bound, TimeInForce: TimeInForceFOK},
 				RequestedAt: at},
 			&OrderCommandV1{CommandID: "trigger:o_9c1:17", Kind: CommandTrigger, AccountID: "acc_12", OrderID: "o_9c1",
-				TriggerRateID: "17", RequestedAt: at},
+				TriggerRateID: "17", RequestedAt: at, TriggerQuote: &TriggerQuote{Pair: "USD_JPY",
+					Bid: decimal.RequireFromString("150.118"), Ask: decimal.RequireFromString("150.125"), Time: at.Add(-40 * time.Millisecond)}},
 			&OrderCommandV1{CommandID: "closeout:acc_12:1", Kind: CommandCloseOut, AccountID: "acc_12", RequestedAt: at},
 		},
 		TypeTradeExecuted: {

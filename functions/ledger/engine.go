@@ -249,7 +249,8 @@ func crossed(o *order, q Quote) bool {
 }
 
 // triggerPrice is the fill price of a triggered order: a limit order at its price or better, a stop
-// order at the market. Without a fresh quote the order fills at its own price (the trigger saw it
+// order at the market. Without a quote (neither the ledger's fresh one nor the trigger's: a trigger
+// issued before triggers carried their quote) the order fills at its own price (the trigger saw it
 // crossed).
 func triggerPrice(o *order, q Quote, fresh bool) decimal.Decimal {
 	if !fresh {
@@ -305,6 +306,11 @@ func (e *engine) trigger(o *order) {
 	}
 	q, ok := e.prices.prices.Quote(o.Pair)
 	fresh := ok && q.Tradeable && e.now.Sub(q.Time) <= e.quoteAgeMax
+	if tq := e.cmd.TriggerQuote; !fresh && tq != nil && tq.Pair == o.Pair {
+		// The ledger's own quote went stale after the trigger saw the price cross: the trigger's
+		// quote is the latest market known.
+		q, fresh = Quote{Pair: tq.Pair, Bid: tq.Bid, Ask: tq.Ask, Time: tq.Time, Tradeable: true, QuoteID: e.cmd.TriggerRateID}, true
+	}
 	if reason := e.fill(o, triggerPrice(o, q, fresh), eventing.ExecutionReasonTrigger, TxOrderFill, true); reason != "" {
 		e.reject(o, reason)
 	}

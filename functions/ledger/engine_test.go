@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -231,6 +232,63 @@ func TestPendingOrdersTriggerAndExpire(t *testing.T) {
 	eff = newEngine(l, acct, exp, till).apply(target{Order: g})
 	if g.Status != StatusExpired || eff.Transactions[0].Type != TxOrderExpire || eff.Result.Status != eventing.ResultCancelled {
 		t.Fatalf("expiry = %+v", eff)
+	}
+}
+
+// TestTriggerWithStaleQuote: the market gapped through a stop and the ledger's own quote of the pair
+// went stale before it applied the trigger. The stop fills at the market the trigger saw, not at its
+// own price; a limit at that market or its price, whichever is better; a trigger that carries no
+// quote (issued before triggers did) fills at the order's price, as the trigger saw it cross.
+func TestTriggerWithStaleQuote(t *testing.T) {
+	book := testBook()
+	book.Set(Quote{Pair: "USD_JPY", Bid: d("149.300"), Ask: d("149.310"), Time: testNow.Add(-time.Minute), Tradeable: true})
+	l := testLedger(t, book)
+	seen := &eventing.TriggerQuote{Pair: "USD_JPY", Bid: d("148.500"), Ask: d("148.510"), Time: testNow.Add(-50 * time.Second)}
+	cases := []struct {
+		typ, side, price string
+		quote            *eventing.TriggerQuote
+		want             string
+	}{
+		{"stop", "sell", "149.000", seen, "148.500"},
+		{"limit", "buy", "149.000", seen, "148.510"},
+		{"limit", "sell", "148.000", seen, "148.500"},
+		{"stop", "sell", "149.000", nil, "149.000"},
+		// A quote of another pair is not this order's market.
+		{"stop", "sell", "149.000", &eventing.TriggerQuote{Pair: "EUR_JPY", Bid: d("160.000"), Ask: d("160.010"), Time: testNow}, "149.000"},
+	}
+	for i, c := range cases {
+		acct := newAccount("JPY", "1000000")
+		id := fmt.Sprintf("P%d", i)
+		o := &order{ID: id, AccountID: "A", Pair: "USD_JPY", Side: c.side, Type: c.typ, Units: d("1000"), Price: dp(c.price),
+			TimeInForce: eventing.TimeInForceGTC, Status: StatusPending}
+		trig := &eventing.OrderCommandV1{CommandID: "trigger:" + id, Kind: eventing.CommandTrigger, AccountID: "A", OrderID: id,
+			TriggerRateID: "q1", TriggerQuote: c.quote}
+		eff := newEngine(l, acct, trig, testNow).apply(target{Order: o})
+		if eff.Result.Status != eventing.ResultFilled || !eff.Executions[0].Price.Equal(d(c.want)) {
+			t.Errorf("%s %s at %s with quote %v: %+v, want filled at %s", c.typ, c.side, c.price, c.quote, eff.Result, c.want)
+		}
+	}
+}
+
+// TestTriggerCommandCarriesItsQuote: the watcher's trigger names, and carries, the quote that crossed
+// the order's price, which the ledger falls back on if its own goes stale before it applies it.
+func TestTriggerCommandCarriesItsQuote(t *testing.T) {
+	book := testBook()
+	now := time.Now().UTC()
+	book.Set(Quote{Pair: "USD_JPY", Bid: d("149.400"), Ask: d("149.410"), Time: now, Tradeable: true, QuoteID: "q7"})
+	w := &watcher{l: testLedger(t, book)}
+	o := &order{ID: "L1", AccountID: "A", Pair: "USD_JPY", Side: "buy", Type: "limit", Units: d("1000"), Price: dp("149.500"),
+		TimeInForce: eventing.TimeInForceGTC, Status: StatusPending}
+	cmd, kind, ok := w.orderCommand(pricer{prices: book}, o, now)
+	if !ok || kind != "trigger" || cmd.CommandID != "trigger:L1" || cmd.TriggerRateID != "q7" {
+		t.Fatalf("command %+v (%s, %v)", cmd, kind, ok)
+	}
+	want := eventing.TriggerQuote{Pair: "USD_JPY", Bid: d("149.400"), Ask: d("149.410"), Time: now}
+	if q := cmd.TriggerQuote; q == nil || q.Pair != want.Pair || !q.Bid.Equal(want.Bid) || !q.Ask.Equal(want.Ask) || !q.Time.Equal(want.Time) {
+		t.Fatalf("trigger quote %+v, want %+v", cmd.TriggerQuote, want)
+	}
+	if err := cmd.Validate(); err != nil {
+		t.Fatalf("the watcher's trigger does not validate: %v", err)
 	}
 }
 

@@ -370,7 +370,8 @@ func (w *watcher) orderCommand(p pricer, o *order, now time.Time) (eventing.Orde
 		return eventing.OrderCommandV1{}, "", false
 	}
 	return eventing.OrderCommandV1{CommandID: triggerCommandPrefix + o.ID, Kind: eventing.CommandTrigger,
-		AccountID: o.AccountID, OrderID: o.ID, TriggerRateID: q.QuoteID, RequestedAt: now}, "trigger", true
+		AccountID: o.AccountID, OrderID: o.ID, TriggerRateID: q.QuoteID, RequestedAt: now,
+		TriggerQuote: &eventing.TriggerQuote{Pair: o.Pair, Bid: q.Bid, Ask: q.Ask, Time: q.Time}}, "trigger", true
 }
 
 // sentKey is what the resend suppression remembers a command by: the command id without the
