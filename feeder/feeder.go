@@ -109,8 +109,9 @@ type Feeder struct {
 	ready    atomic.Bool
 	epoch    atomic.Int64
 	leading  atomic.Bool
-	// refusedLog paces the warning about refused quotes: a provider fault refuses every quote.
-	refusedLog *observe.LogEvery
+	// refusedLog and outOfRangeLog pace the warnings about refused quotes, malformed and out of range
+	// apart (a provider fault refuses every quote, and one kind must not hide the other).
+	refusedLog, outOfRangeLog *observe.LogEvery
 }
 
 // New checks the configuration and prepares everything a standby needs: the FIX settings and data
@@ -129,8 +130,9 @@ func New(cfg Config) (*Feeder, error) {
 	}
 	return &Feeder{
 		cfg: cfg, log: cfg.Logger, metrics: cfg.Metrics, dict: dict,
-		refusedLog: observe.NewLogEvery(refusedQuoteLogIntervalMs * time.Millisecond),
-		warm:       &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Timeout: brokerCheckTimeoutMs * time.Millisecond},
+		refusedLog:    observe.NewLogEvery(refusedQuoteLogIntervalMs * time.Millisecond),
+		outOfRangeLog: observe.NewLogEvery(refusedQuoteLogIntervalMs * time.Millisecond),
+		warm:          &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Timeout: brokerCheckTimeoutMs * time.Millisecond},
 	}, nil
 }
 

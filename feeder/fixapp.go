@@ -20,6 +20,7 @@ import (
 	"github.com/quickfixgo/tag"
 	"go.uber.org/zap"
 
+	"github.com/kawase-fx/kawase/eventing"
 	"github.com/kawase-fx/kawase/eventing/fx"
 	"github.com/kawase-fx/kawase/feeder/fixspec"
 )
@@ -400,6 +401,7 @@ func stampOf(msg *quickfix.Message, header fixspec.Fields) stamp {
 func (a *sessionApp) emit(st stamp, pair fx.Pair, ps *pairState) {
 	r, err := ps.book.rate(pair)
 	if err == nil {
+		a.f.metrics.ProviderClockOffset.Set(r.ProviderTime.Sub(st.receivedAt).Seconds())
 		// Stamped before Validate, so the identity fields it checks are the ones published.
 		r.Epoch, r.Session, r.ReceivedAt, r.MsgSeqNum = a.t.lease.Epoch(), a.session, st.receivedAt.UTC(), st.msgSeqNum
 		err = r.Validate()
@@ -420,11 +422,15 @@ func (a *sessionApp) emit(st stamp, pair fx.Pair, ps *pairState) {
 }
 
 func (a *sessionApp) invalidQuote(symbol string, err error) {
-	a.f.metrics.Malformed.WithLabelValues("invalid_quote").Inc()
-	ok, held := a.f.refusedLog.Allow(time.Now())
+	kind, line, pace := "invalid_quote", "fix quote refused: malformed", a.f.refusedLog
+	if errors.Is(err, eventing.ErrOutOfRange) {
+		kind, line, pace = "out_of_range", "fix quote refused: out of range", a.f.outOfRangeLog
+	}
+	a.f.metrics.Malformed.WithLabelValues(kind).Inc()
+	ok, held := pace.Allow(time.Now())
 	if !ok {
 		return
 	}
-	a.f.log.Warn("fix quote refused: malformed", zap.String("session", a.session), zap.String("Symbol", symbol),
+	a.f.log.Warn(line, zap.String("session", a.session), zap.String("Symbol", symbol),
 		zap.Error(err), zap.Int("refusedSinceLastWarning", held))
 }

@@ -31,6 +31,9 @@ type Metrics struct {
 	Rejects        *prometheus.CounterVec
 	Malformed      *prometheus.CounterVec
 	PublishErrors  prometheus.Counter
+	// ProviderClockOffset is the provider time of the last quote read minus when it was read: a
+	// provider clock running fast shows here before its quotes are refused as out of range.
+	ProviderClockOffset prometheus.Gauge
 }
 
 // NewMetrics creates the metrics and registers them with reg (nil: not registered, for tests).
@@ -60,10 +63,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Rejects from the provider: md_request (35=Y, per MDReqRejReason), session (35=3), business (35=j)."},
 			[]string{"kind", "reason"}),
 		Malformed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "kawase_feeder_fix_malformed_total",
-			Help: "Malformed messages from the provider: garbled (unparseable), rejected (failed the data dictionary), invalid_quote."},
+			Help: "Malformed messages from the provider: garbled (unparseable), rejected (failed the data dictionary), invalid_quote, out_of_range (a provider time over 60 s ahead or a price far off)."},
 			[]string{"kind"}),
 		PublishErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "kawase_feeder_publish_errors_total",
 			Help: "Failed Kafka produce attempts (each retried a bounded number of times)."}),
+		ProviderClockOffset: prometheus.NewGauge(prometheus.GaugeOpts{Name: "kawase_feeder_provider_clock_offset_seconds",
+			Help: "Provider time of the last quote read minus when it was read: about zero or slightly negative when the clocks agree; quotes over 60 s ahead are refused (alert well before, e.g. max_over_time over 1m above 30)."}),
 	}
 	if reg != nil {
 		for _, c := range m.collectors() {
@@ -83,14 +88,15 @@ func (m *Metrics) initLabels() {
 	for _, r := range []string{"refused", "disconnected", "connect", "timeout"} {
 		m.LogonFailures.WithLabelValues(r)
 	}
-	for _, k := range []string{"garbled", "rejected", "invalid_quote"} {
+	for _, k := range []string{"garbled", "rejected", "invalid_quote", "out_of_range"} {
 		m.Malformed.WithLabelValues(k)
 	}
 }
 
 func (m *Metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.SessionState, m.Received, m.Published, m.Dropped, m.PublishLatency, m.IsLeader,
-		m.Epoch, m.BrokerUp, m.LogonFailures, m.Disconnects, m.Rejects, m.Malformed, m.PublishErrors}
+		m.Epoch, m.BrokerUp, m.LogonFailures, m.Disconnects, m.Rejects, m.Malformed, m.PublishErrors,
+		m.ProviderClockOffset}
 }
 
 func (m *Metrics) setSessionState(state string) {

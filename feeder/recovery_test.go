@@ -122,6 +122,7 @@ func TestMalformedMessagesCountedSessionSurvives(t *testing.T) {
 		{fixsim.MalformedGarbled, "garbled", "fix message from provider ignored: malformed"},
 		{fixsim.MalformedBadPrice, "rejected", "fix message from provider rejected: malformed"},
 		{fixsim.MalformedCrossed, "invalid_quote", "fix quote refused: malformed"},
+		{fixsim.MalformedFuture, "out_of_range", "fix quote refused: out of range"},
 	} {
 		if err := sim.SendMalformed(c.kind); err != nil {
 			t.Fatal(err)
@@ -136,6 +137,11 @@ func TestMalformedMessagesCountedSessionSurvives(t *testing.T) {
 	}
 	if got := rf.metric("kawase_feeder_fix_disconnects_total", nil); got != 0 {
 		t.Fatalf("malformed messages cost %v disconnects", got)
+	}
+	// The simulator's clock is this one: the last quote's offset is small (it lags by the time the
+	// quote took to arrive), far from the 600 s of the future quote.
+	if off := rf.metric("kawase_feeder_provider_clock_offset_seconds", nil); off > 1 || off < -5 {
+		t.Fatalf("provider clock offset %v s with both clocks the same", off)
 	}
 }
 

@@ -17,6 +17,10 @@ import (
 	"github.com/kawase-fx/kawase/feeder/fixspec"
 )
 
+// futureQuoteAheadMs is how far ahead a MalformedFuture quote's time is: well past the 60 s any
+// reader tolerates.
+const futureQuoteAheadMs = 10 * 60_000
+
 // Malformed names a kind of broken message the simulator can send.
 type Malformed string
 
@@ -28,6 +32,9 @@ const (
 	MalformedBadPrice Malformed = "badprice"
 	// MalformedCrossed is a well-formed 35=W whose bid is above its offer: only the application can tell.
 	MalformedCrossed Malformed = "crossed"
+	// MalformedFuture is a well-formed 35=W whose MDEntryDate/MDEntryTime is futureQuoteAheadMs
+	// ahead, as from a provider whose clock runs fast: the receiver must refuse it as out of range.
+	MalformedFuture Malformed = "future"
 )
 
 // Limits of the control surface.
@@ -123,7 +130,7 @@ func (s *Sim) SendMalformed(kind Malformed) error {
 	switch kind {
 	case MalformedGarbled:
 		err = s.injectGarbled(id)
-	case MalformedBadPrice, MalformedCrossed:
+	case MalformedBadPrice, MalformedCrossed, MalformedFuture:
 		err = s.sendBroken(id, subs[0], kind)
 	default:
 		return fmt.Errorf("fixsim: unknown malformed kind %q", kind)
@@ -155,12 +162,17 @@ func (s *Sim) injectGarbled(id quickfix.SessionID) error {
 	return nil
 }
 
-// sendBroken sends a 35=W for sub's pair with a non-numeric MDEntryPx or a crossed quote.
+// sendBroken sends a 35=W for sub's pair with a non-numeric MDEntryPx, a crossed quote or a quote
+// time far ahead.
 func (s *Sim) sendBroken(id quickfix.SessionID, sub *subscription, kind Malformed) error {
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
+	at := time.Now()
+	if kind == MalformedFuture {
+		at = at.Add(futureQuoteAheadMs * time.Millisecond)
+	}
 	s.mu.Lock()
-	q := s.books[sub.pair].next(time.Now())
+	q := s.books[sub.pair].next(at)
 	s.mu.Unlock()
 	m := marketdatasnapshotfullrefresh.New()
 	m.SetMDReqID(sub.reqID)
@@ -187,7 +199,7 @@ func (s *Sim) sendBroken(id quickfix.SessionID, sub *subscription, kind Malforme
 //	POST /drop                         cut every connection (TCP reset)
 //	POST /pause, POST /resume          stop or restart the quote stream
 //	POST /burst?n=100                  send n extra quotes per subscribed pair
-//	POST /malformed?kind=garbled       send a garbled, badprice or crossed message
+//	POST /malformed?kind=garbled       send a garbled, badprice, crossed or future message
 //	POST /interval?d=50ms              change the quote interval
 //	POST /credentials?user=u&pass=p    change the accepted Username/Password
 //	GET  /stats                        counters as JSON
