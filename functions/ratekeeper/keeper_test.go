@@ -368,3 +368,39 @@ func TestLastTicks(t *testing.T) {
 		}
 	}
 }
+
+// TestPruneRollupsKeepsWhatGetCandlesServes: of a pair's M1 candles only the newest 5000 (the most
+// GetCandles returns) survive, and a granularity or pair with fewer loses nothing.
+func TestPruneRollupsKeepsWhatGetCandlesServes(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	env := startKeeper(t, ratekeeper.Config{})
+	base := time.Date(2026, 1, 5, 0, 0, 0, 0, time.UTC)
+	const extra = 7
+	insert := `INSERT INTO ratekeeper.rollups (pair, granularity, bucket, open_bid, high_bid, low_bid, close_bid,
+  open_ask, high_ask, low_ask, close_ask, volume)
+SELECT $1, $2, $3::timestamptz + make_interval(mins => $4 * i), 150, 150, 150, 150, 150.01, 150.01, 150.01, 150.01, 12
+FROM generate_series(0, $5 - 1) AS i`
+	for _, r := range []struct {
+		pair, granularity string
+		stepMin, count    int
+	}{{"USD_JPY", "M1", 1, ratekeeper.CandleCountMax + extra}, {"USD_JPY", "M5", 5, 10}, {"EUR_USD", "M1", 1, 20}} {
+		if _, err := env.pool.Exec(ctx, insert, r.pair, r.granularity, base, r.stepMin, r.count); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := env.keeper.PruneRollupsOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	count := func(pair, g string) int64 {
+		return queryInt(t, env.pool, `SELECT count(*) FROM ratekeeper.rollups WHERE pair = $1 AND granularity = $2`, pair, g)
+	}
+	mustf(t, count("USD_JPY", "M1") == ratekeeper.CandleCountMax, "USD_JPY M1: %d left", count("USD_JPY", "M1"))
+	mustf(t, count("USD_JPY", "M5") == 10 && count("EUR_USD", "M1") == 20, "candles below the limit were pruned")
+	oldest := queryInt(t, env.pool, `SELECT extract(epoch FROM min(bucket))::bigint FROM ratekeeper.rollups WHERE pair = 'USD_JPY' AND granularity = 'M1'`)
+	mustf(t, oldest == base.Add(extra*time.Minute).Unix(), "the oldest M1 candle kept is %v, want the newest 5000 kept",
+		time.Unix(oldest, 0).UTC())
+	resp, err := candleClient(t, env.keeper).GetCandles(ctx, &ratesv1.GetCandlesRequest{Pair: "USD_JPY",
+		Granularity: ratesv1.Granularity_GRANULARITY_M1, Count: ratekeeper.CandleCountMax})
+	mustf(t, err == nil && len(resp.Candles) == ratekeeper.CandleCountMax, "GetCandles after pruning: %v", err)
+}

@@ -27,7 +27,9 @@ type metrics struct {
 	batchTime   prometheus.Histogram
 	storeErrors prometheus.Counter
 	pruned      prometheus.Counter
-	lag         prometheus.Histogram
+	// rollupsPruned counts M1, M5 and H1 candles deleted beyond the newest a pair keeps.
+	rollupsPruned prometheus.Counter
+	lag           prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -43,6 +45,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Batches that failed to commit (their deliveries are answered 503 and retried)."}),
 		pruned: prometheus.NewCounter(prometheus.CounterOpts{Name: "kawase_ratekeeper_ticks_pruned_total",
 			Help: "Ticks deleted after the retention period."}),
+		rollupsPruned: prometheus.NewCounter(prometheus.CounterOpts{Name: "kawase_ratekeeper_candles_pruned_total",
+			Help: "M1, M5 and H1 candles deleted beyond the newest 5000 of a pair and granularity (all GetCandles serves)."}),
 		lag: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "kawase_ratekeeper_lag_seconds",
 			Help:    "From the feeder's receipt of a rate to its commit here.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
@@ -50,7 +54,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, o := range []Outcome{OutcomeAccepted, OutcomeDuplicate, OutcomeStaleEpoch, OutcomeInvalid} {
 		m.outcomes[o] = outcomes.WithLabelValues(string(o))
 	}
-	for _, c := range []prometheus.Collector{outcomes, m.batchSize, m.batchTime, m.storeErrors, m.pruned, m.lag} {
+	for _, c := range []prometheus.Collector{outcomes, m.batchSize, m.batchTime, m.storeErrors, m.pruned, m.rollupsPruned, m.lag} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}

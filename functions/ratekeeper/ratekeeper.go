@@ -79,7 +79,8 @@ type Config struct {
 	// Writers is the number of transactions that may run at once (default 2).
 	Writers int
 	// TickRetention is how long ticks and S5 candles are kept, by provider time (default 48h); negative
-	// keeps them forever. M1, M5 and H1 candles are kept forever.
+	// keeps them forever. Of the M1, M5 and H1 candles, each pair keeps the newest 5000 of each (all
+	// that GetCandles serves).
 	TickRetention time.Duration
 	// GatherMax is how long a batch may wait for more deliveries after its first (default
 	// batchGatherMs); negative disables gathering: a batch holds only what was already waiting.
