@@ -249,9 +249,10 @@ func crossed(o *order, q Quote) bool {
 }
 
 // triggerPrice is the fill price of a triggered order: a limit order at its price or better, a stop
-// order at the market. Without a quote (neither the ledger's fresh one nor the trigger's: a trigger
-// issued before triggers carried their quote) the order fills at its own price (the trigger saw it
-// crossed).
+// order at the market: the ledger's quote if fresh, else the trigger's if not older. Otherwise
+// (the ledger's own stale quote is the latest known, or a trigger issued before triggers carried
+// their quote) the order fills at its own price: the trigger saw the price cross, and a stale quote
+// may no longer show it.
 func triggerPrice(o *order, q Quote, fresh bool) decimal.Decimal {
 	if !fresh {
 		return *o.Price
@@ -306,9 +307,10 @@ func (e *engine) trigger(o *order) {
 	}
 	q, ok := e.prices.prices.Quote(o.Pair)
 	fresh := ok && q.Tradeable && e.now.Sub(q.Time) <= e.quoteAgeMax
-	if tq := e.cmd.TriggerQuote; !fresh && tq != nil && tq.Pair == o.Pair {
-		// The ledger's own quote went stale after the trigger saw the price cross: the trigger's
-		// quote is the latest market known.
+	if tq := e.cmd.TriggerQuote; !fresh && tq != nil && tq.Pair == o.Pair && (!ok || !tq.Time.Before(q.Time)) {
+		// The ledger's own quote went stale, and the one the trigger saw cross the price is as new
+		// (normally the same quote: the watcher prices from this book) or newer: it is the latest
+		// market known, and it crossed.
 		q, fresh = Quote{Pair: tq.Pair, Bid: tq.Bid, Ask: tq.Ask, Time: tq.Time, Tradeable: true, QuoteID: e.cmd.TriggerRateID}, true
 	}
 	if reason := e.fill(o, triggerPrice(o, q, fresh), eventing.ExecutionReasonTrigger, TxOrderFill, true); reason != "" {

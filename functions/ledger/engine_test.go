@@ -237,8 +237,9 @@ func TestPendingOrdersTriggerAndExpire(t *testing.T) {
 
 // TestTriggerWithStaleQuote: the market gapped through a stop and the ledger's own quote of the pair
 // went stale before it applied the trigger. The stop fills at the market the trigger saw, not at its
-// own price; a limit at that market or its price, whichever is better; a trigger that carries no
-// quote (issued before triggers did) fills at the order's price, as the trigger saw it cross.
+// own price; a limit at that market or its price, whichever is better. A trigger that carries no
+// quote (issued before triggers did), or one older than the ledger's stale quote, fills at the
+// order's price, as the trigger saw it cross.
 func TestTriggerWithStaleQuote(t *testing.T) {
 	book := testBook()
 	book.Set(Quote{Pair: "USD_JPY", Bid: d("149.300"), Ask: d("149.310"), Time: testNow.Add(-time.Minute), Tradeable: true})
@@ -253,6 +254,11 @@ func TestTriggerWithStaleQuote(t *testing.T) {
 		{"limit", "buy", "149.000", seen, "148.510"},
 		{"limit", "sell", "148.000", seen, "148.500"},
 		{"stop", "sell", "149.000", nil, "149.000"},
+		// The trigger saw the ledger's own quote, since gone stale: it crossed, so it prices the fill.
+		{"stop", "sell", "149.500", &eventing.TriggerQuote{Pair: "USD_JPY", Bid: d("149.300"), Ask: d("149.310"), Time: testNow.Add(-time.Minute)}, "149.300"},
+		// The ledger's own stale quote is newer than the trigger's: the market moved on after the
+		// trigger, so neither is taken; the order fills at its own price.
+		{"stop", "sell", "149.000", &eventing.TriggerQuote{Pair: "USD_JPY", Bid: d("148.500"), Ask: d("148.510"), Time: testNow.Add(-2 * time.Minute)}, "149.000"},
 		// A quote of another pair is not this order's market.
 		{"stop", "sell", "149.000", &eventing.TriggerQuote{Pair: "EUR_JPY", Bid: d("160.000"), Ask: d("160.010"), Time: testNow}, "149.000"},
 	}

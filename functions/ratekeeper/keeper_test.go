@@ -353,11 +353,28 @@ func TestLastTicks(t *testing.T) {
 		mustf(t, got.ReceivedAt != nil && got.ReceivedAt.AsTime().Sub(want.ReceivedAt).Abs() < time.Microsecond,
 			"%s received at %v, want %v", want.Pair, got.ReceivedAt, want.ReceivedAt)
 	}
+	mustf(t, resp.Ticks[0].EpochSeen == 1 && resp.Ticks[1].EpochSeen == 2, "epochs seen %d, %d", resp.Ticks[0].EpochSeen, resp.Ticks[1].EpochSeen)
+	mustf(t, len(resp.PairsWithoutTick) == 0, "pairs without tick: %v", resp.PairsWithoutTick)
 	one, err := client.GetLastTicks(ctx, &ratesv1.GetLastTicksRequest{Pairs: []string{"EUR_USD", "GBP_USD"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	mustf(t, len(one.Ticks) == 1 && one.Ticks[0].Pair == "EUR_USD", "EUR_USD and the never-quoted GBP_USD: %v", one.Ticks)
+	// A later epoch fenced USD_JPY's feeder, and EUR_USD's last tick was deleted by a prune from before
+	// prune kept it: USD_JPY says so, EUR_USD is a pair quoted but without a tick.
+	if _, err := env.pool.Exec(ctx, `UPDATE ratekeeper.marks SET epoch = 5 WHERE pair = 'USD_JPY'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.pool.Exec(ctx, `DELETE FROM ratekeeper.ticks WHERE pair = 'EUR_USD'`); err != nil {
+		t.Fatal(err)
+	}
+	after, err := client.GetLastTicks(ctx, &ratesv1.GetLastTicksRequest{Pairs: []string{"EUR_USD", "GBP_USD", "USD_JPY"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustf(t, len(after.Ticks) == 1 && after.Ticks[0].Pair == "USD_JPY" && after.Ticks[0].Epoch == 2 && after.Ticks[0].EpochSeen == 5,
+		"after the fence and the lost tick: %v", after.Ticks)
+	mustf(t, slices.Equal(after.PairsWithoutTick, []string{"EUR_USD"}), "pairs without tick: %v", after.PairsWithoutTick)
 	tooMany := make([]string, 257)
 	for i := range tooMany {
 		tooMany[i] = "USD_JPY"

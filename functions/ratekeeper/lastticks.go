@@ -19,11 +19,12 @@ import (
 // lastTicksPairsMax bounds the pair list of one GetLastTicks call (a pair may be named once).
 const lastTicksPairsMax = 256
 
-// selectLastTicksSQL reads each pair's last processed tick: the one whose n is the mark's count (prune
-// never deletes it) for each pair of $1 that has one.
-const selectLastTicksSQL = `SELECT t.pair, t.bid::text, t.ask::text, t.provider_ns, t.quote_id, t.epoch, t.received_at
-FROM ratekeeper.marks m JOIN ratekeeper.ticks t ON t.pair = m.pair AND t.n = m.ticks
-WHERE m.pair = ANY($1::text[]) ORDER BY t.pair`
+// selectLastTicksSQL reads, for each pair of $1 the ratekeeper has processed a rate of, its last
+// tick: the one whose n is the mark's count (prune keeps it, but a prune before it did may have
+// deleted it: then the tick's columns are NULL) and the highest epoch seen.
+const selectLastTicksSQL = `SELECT m.pair, t.bid::text, t.ask::text, t.provider_ns, t.quote_id, t.epoch, t.received_at, m.epoch
+FROM ratekeeper.marks m LEFT JOIN ratekeeper.ticks t ON t.pair = m.pair AND t.n = m.ticks
+WHERE m.pair = ANY($1::text[]) AND m.provider_ns IS NOT NULL ORDER BY m.pair`
 
 // errTickUnreadable: a stored tick cannot be formatted; a retry will not help.
 var errTickUnreadable = errors.New("stored tick unreadable")
@@ -34,14 +35,14 @@ func (s *candleServer) GetLastTicks(ctx context.Context, req *ratesv1.GetLastTic
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	ticks, err := s.k.lastTicks(ctx, pairs)
+	resp, err := s.k.lastTicks(ctx, pairs)
 	if errors.Is(err, errTickUnreadable) {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
 	if err != nil {
 		return nil, status.Error(codes.Unavailable, err.Error())
 	}
-	return &ratesv1.GetLastTicksResponse{Ticks: ticks}, nil
+	return resp, nil
 }
 
 // lastTicksPairs checks a request's pair list; an empty one stands for every pair of the catalogue.
@@ -73,27 +74,34 @@ func lastTicksPairs(names []string) ([]string, error) {
 	return out, nil
 }
 
-func (k *Keeper) lastTicks(ctx context.Context, pairs []string) ([]*ratesv1.Tick, error) {
+func (k *Keeper) lastTicks(ctx context.Context, pairs []string) (*ratesv1.GetLastTicksResponse, error) {
 	rows, err := k.pool.Query(ctx, selectLastTicksSQL, pairs)
 	if err != nil {
 		return nil, fmt.Errorf("query last ticks: %w", err)
 	}
 	defer rows.Close()
-	var out []*ratesv1.Tick
+	out := &ratesv1.GetLastTicksResponse{}
 	for rows.Next() {
 		var (
-			pair, bid, ask, quoteID string
-			providerNs, epoch       int64
-			receivedAt              pgtype.Timestamptz
+			pair                  string
+			bid, ask, quoteID     pgtype.Text
+			providerNs, tickEpoch pgtype.Int8
+			receivedAt            pgtype.Timestamptz
+			epochSeen             int64
 		)
-		if err := rows.Scan(&pair, &bid, &ask, &providerNs, &quoteID, &epoch, &receivedAt); err != nil {
+		if err := rows.Scan(&pair, &bid, &ask, &providerNs, &quoteID, &tickEpoch, &receivedAt, &epochSeen); err != nil {
 			return nil, fmt.Errorf("scan last tick: %w", err)
 		}
-		tick, err := tickProto(pair, bid, ask, providerNs, quoteID, epoch, receivedAt)
+		if !providerNs.Valid {
+			out.PairsWithoutTick = append(out.PairsWithoutTick, pair)
+			continue
+		}
+		tick, err := tickProto(pair, bid.String, ask.String, providerNs.Int64, quoteID.String, tickEpoch.Int64, receivedAt)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, tick)
+		tick.EpochSeen = max(epochSeen, tick.Epoch)
+		out.Ticks = append(out.Ticks, tick)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("query last ticks: %w", err)

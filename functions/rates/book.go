@@ -172,14 +172,28 @@ func (b *book) publish(entries []*entry) {
 }
 
 // apply records r if it is strictly newer than the pair's current rate (provider time, then quote
-// id) and its epoch is not older than the highest seen for the pair — the ratekeeper's rule.
+// id) and its epoch is not older than the highest seen for the pair — the ratekeeper's rule. Its
+// freshness is its receipt by the feeder (now, when unknown or ahead).
 func (b *book) apply(r *eventing.RateV1) (applied, *entry) {
+	return b.record(r, 0, true)
+}
+
+// seed records r, a rate the ratekeeper processed, by the same rule, after raising the pair's epoch
+// fence to epochSeen, the highest the ratekeeper has seen. A rate whose receipt is unknown is never
+// fresh: it is served, not tradeable.
+func (b *book) seed(r *eventing.RateV1, epochSeen int64) (applied, *entry) {
+	return b.record(r, epochSeen, false)
+}
+
+func (b *book) record(r *eventing.RateV1, epochSeen int64, unknownIsNow bool) (applied, *entry) {
 	i, ok := b.index[r.Pair]
 	if !ok {
 		return appliedIgnored, nil
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	// The fence rises to epochSeen only after r is judged: the ratekeeper accepted r under its epoch.
+	defer func() { b.epochs[i] = max(b.epochs[i], epochSeen) }()
 	b.epochs[i] = max(b.epochs[i], r.Epoch)
 	cur := b.load()
 	if old := cur.entries[i]; old != nil && !r.NewerThan(&old.rate) {
@@ -190,7 +204,7 @@ func (b *book) apply(r *eventing.RateV1) (applied, *entry) {
 	}
 	now := b.now()
 	fresh := r.ReceivedAt
-	if fresh.IsZero() || fresh.After(now) {
+	if (fresh.IsZero() && unknownIsNow) || fresh.After(now) {
 		fresh = now
 	}
 	b.version++

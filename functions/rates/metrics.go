@@ -19,6 +19,7 @@ type metrics struct {
 	tailErrors    prometheus.Counter
 	seeded        prometheus.Counter // quiet pairs' rates taken from the ratekeeper at a cold start
 	seedErrors    prometheus.Counter
+	seedRefused   prometheus.Counter // the ratekeeper's last rates that could not be used
 	freshness     prometheus.Histogram
 	notModified   prometheus.Counter
 	served        prometheus.Counter
@@ -43,6 +44,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		undecodable: appliedVec.WithLabelValues("invalid"),
 		outOfRange:  appliedVec.WithLabelValues("out_of_range"),
 		seeded:      appliedVec.WithLabelValues("seeded"),
+		seedRefused: appliedVec.WithLabelValues("seed_refused"),
 		seedErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "kawase_rates_seed_errors_total",
 			Help: "Failed calls for the ratekeeper's last rates of pairs quiet at a cold start (retried)."}),
 		tailErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "kawase_rates_tail_errors_total",

@@ -103,9 +103,9 @@ type Service struct {
 	log     *zap.SugaredLogger
 	metrics *metrics
 	handler http.Handler
-	// neverQuoted holds, once seeding has asked the ratekeeper, the served pairs that have never had
-	// a rate; nil before.
-	neverQuoted atomic.Pointer[map[fx.Pair]bool]
+	// noRate holds, once seeding has asked the ratekeeper, the served pairs with no rate to be had
+	// (see seedQuietPairs); nil before.
+	noRate atomic.Pointer[map[fx.Pair]bool]
 }
 
 // New returns a rates service. candles is the ratekeeper's CandleService; nil answers the candles
@@ -170,15 +170,15 @@ func (s *Service) Apply(r *eventing.RateV1) bool {
 }
 
 // Ready fails until this replica has caught up with every partition as it was at start-up and holds
-// a rate for every pair it serves (but those the ratekeeper has never had a rate for), so it never
-// takes traffic with a partial snapshot.
+// a rate for every pair it serves that has one to be had (see seedQuietPairs), so it never takes
+// traffic with a partial snapshot.
 func (s *Service) Ready(context.Context) error {
 	if s.tail != nil {
 		if n := s.tail.behind(); n > 0 {
 			return fmt.Errorf("catching up: %d partition(s) behind", n)
 		}
 	}
-	if missing := s.quietPairsUnknown(s.book.missing()); len(missing) > 0 {
+	if missing := s.withRateToBeHad(s.book.missing()); len(missing) > 0 {
 		names := make([]string, len(missing))
 		for i, p := range missing {
 			names[i] = string(p)

@@ -700,7 +700,10 @@ type Tick struct {
 	Epoch int64 `protobuf:"varint,6,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	// received_at is when the feeder read the quote off the FIX session (unset if unknown), so a
 	// consumer can tell how old it is.
-	ReceivedAt    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=received_at,json=receivedAt,proto3" json:"received_at,omitempty"`
+	ReceivedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=received_at,json=receivedAt,proto3" json:"received_at,omitempty"`
+	// epoch_seen is the highest feeder epoch the ratekeeper has seen for the pair (at least epoch): a
+	// consumer fences off rates of older epochs from then on, as the ratekeeper does.
+	EpochSeen     int64 `protobuf:"varint,8,opt,name=epoch_seen,json=epochSeen,proto3" json:"epoch_seen,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -784,12 +787,23 @@ func (x *Tick) GetReceivedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Tick) GetEpochSeen() int64 {
+	if x != nil {
+		return x.EpochSeen
+	}
+	return 0
+}
+
 type GetLastTicksResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// ticks holds one tick per requested pair that has one; a pair left out has never had a rate.
-	Ticks         []*Tick `protobuf:"bytes,1,rep,name=ticks,proto3" json:"ticks,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// ticks holds one tick per requested pair whose last processed rate the ratekeeper still holds.
+	Ticks []*Tick `protobuf:"bytes,1,rep,name=ticks,proto3" json:"ticks,omitempty"`
+	// pairs_without_tick are requested pairs the ratekeeper has processed rates for but no longer holds
+	// the last one of (pruned before pruning kept it). A requested pair in neither list has never had a
+	// rate the ratekeeper processed.
+	PairsWithoutTick []string `protobuf:"bytes,2,rep,name=pairs_without_tick,json=pairsWithoutTick,proto3" json:"pairs_without_tick,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *GetLastTicksResponse) Reset() {
@@ -825,6 +839,13 @@ func (*GetLastTicksResponse) Descriptor() ([]byte, []int) {
 func (x *GetLastTicksResponse) GetTicks() []*Tick {
 	if x != nil {
 		return x.Ticks
+	}
+	return nil
+}
+
+func (x *GetLastTicksResponse) GetPairsWithoutTick() []string {
+	if x != nil {
+		return x.PairsWithoutTick
 	}
 	return nil
 }
@@ -871,7 +892,7 @@ const file_rates_v1_rates_proto_rawDesc = "" +
 	"\vgranularity\x18\x02 \x01(\x0e2\x1c.kawase.rates.v1.GranularityR\vgranularity\x121\n" +
 	"\acandles\x18\x03 \x03(\v2\x17.kawase.rates.v1.CandleR\acandles\"+\n" +
 	"\x13GetLastTicksRequest\x12\x14\n" +
-	"\x05pairs\x18\x01 \x03(\tR\x05pairs\"\xdc\x01\n" +
+	"\x05pairs\x18\x01 \x03(\tR\x05pairs\"\xfb\x01\n" +
 	"\x04Tick\x12\x12\n" +
 	"\x04pair\x18\x01 \x01(\tR\x04pair\x12\x10\n" +
 	"\x03bid\x18\x02 \x01(\tR\x03bid\x12\x10\n" +
@@ -880,9 +901,12 @@ const file_rates_v1_rates_proto_rawDesc = "" +
 	"\bquote_id\x18\x05 \x01(\tR\aquoteId\x12\x14\n" +
 	"\x05epoch\x18\x06 \x01(\x03R\x05epoch\x12;\n" +
 	"\vreceived_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"receivedAt\"C\n" +
+	"receivedAt\x12\x1d\n" +
+	"\n" +
+	"epoch_seen\x18\b \x01(\x03R\tepochSeen\"q\n" +
 	"\x14GetLastTicksResponse\x12+\n" +
-	"\x05ticks\x18\x01 \x03(\v2\x15.kawase.rates.v1.TickR\x05ticks*z\n" +
+	"\x05ticks\x18\x01 \x03(\v2\x15.kawase.rates.v1.TickR\x05ticks\x12,\n" +
+	"\x12pairs_without_tick\x18\x02 \x03(\tR\x10pairsWithoutTick*z\n" +
 	"\vGranularity\x12\x1b\n" +
 	"\x17GRANULARITY_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eGRANULARITY_S5\x10\x01\x12\x12\n" +
