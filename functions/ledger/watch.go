@@ -147,14 +147,18 @@ func (w *watcher) watch(ctx context.Context, conn *pgx.Conn) error {
 			}
 			lastPing = time.Now()
 		}
-		if err := w.tick(ctx, time.Now().UTC()); err != nil {
+		// time.Now keeps its monotonic reading (UTC would strip it): the reload and gap checks are
+		// durations of this process's clock, like the change log's pruning (see changes.go).
+		if err := w.tick(ctx, time.Now()); err != nil {
 			w.l.m.watcherErrors.WithLabelValues("round").Inc()
 			w.l.log.Warnw("watcher round failed; the next round tries again", "error", err)
 		}
 	}
 }
 
-// tick runs one round at now: reload the book when due, then send the commands it calls for.
+// tick runs one round at now: reload the book when due, then send the commands it calls for. now
+// should carry a monotonic reading, so that a step of the wall clock cannot hide a gap longer than the
+// change log keeps (a step back still forces a reload).
 func (w *watcher) tick(ctx context.Context, now time.Time) error {
 	if w.dirty.Swap(false) || now.Sub(w.loaded) >= w.l.cfg.BookRefresh || now.Before(w.loaded) {
 		full := w.snapshot == "" || now.Sub(w.fullAt) >= w.l.cfg.BookReload || now.Before(w.fullAt) ||
@@ -175,7 +179,7 @@ func (w *watcher) tick(ctx context.Context, now time.Time) error {
 			w.fullAt = now
 		}
 	}
-	events := w.evaluate(now)
+	events := w.evaluate(now.UTC())
 	if len(events) == 0 {
 		return nil
 	}
