@@ -3,7 +3,6 @@ package rates_test
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"net"
 	"net/http"
 	"testing"
@@ -15,7 +14,6 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/kawase-fx/kawase/eventing/fx"
 	"github.com/kawase-fx/kawase/functions/rates"
 	ratesv1 "github.com/kawase-fx/kawase/proto/rates/v1"
 )
@@ -174,16 +172,7 @@ func TestGRPCSlowWatcherDropped(t *testing.T) {
 	env := startRates(t, rates.Config{ConflateInterval: 10 * time.Millisecond}, nil)
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	go func() { // every pair moves every 10 ms
-		for i := 1; ctx.Err() == nil; i++ {
-			for _, spec := range fx.Pairs() {
-				r := quote(spec.Pair, i%500, 1)
-				r.QuoteID, r.ProviderTime = fmt.Sprint(i), time.Now()
-				env.svc.Apply(&r)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}()
+	go env.moveEveryPair(ctx, 10*time.Millisecond)
 	eventually(t, "ready", func() bool { return env.svc.Ready(t.Context()) == nil })
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

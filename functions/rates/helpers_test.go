@@ -159,6 +159,19 @@ func quote(pair fx.Pair, i int, epoch int64) eventing.RateV1 {
 		MsgSeqNum: i + 1, Epoch: epoch, Seq: int64(i)}
 }
 
+// moveEveryPair applies a new rate of every pair every interval, straight to the service, until ctx
+// ends.
+func (env *ratesEnv) moveEveryPair(ctx context.Context, interval time.Duration) {
+	for i := 1; ctx.Err() == nil; i++ {
+		for _, spec := range fx.Pairs() {
+			r := quote(spec.Pair, i%500, 1)
+			r.QuoteID, r.ProviderTime = strconv.Itoa(i), time.Now()
+			env.svc.Apply(&r)
+		}
+		time.Sleep(interval)
+	}
+}
+
 func (env *ratesEnv) publish(t testing.TB, rs ...eventing.RateV1) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)

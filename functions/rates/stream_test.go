@@ -163,16 +163,7 @@ func TestSSESlowClientDropped(t *testing.T) {
 	env.start(t)
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	go func() { // every pair moves every 10 ms
-		for i := 1; ctx.Err() == nil; i++ {
-			for _, spec := range fx.Pairs() {
-				r := quote(spec.Pair, i%500, 1)
-				r.QuoteID, r.ProviderTime = fmt.Sprint(i), time.Now()
-				env.svc.Apply(&r)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}()
+	go env.moveEveryPair(ctx, 10*time.Millisecond)
 	eventually(t, "ready", func() bool { return env.svc.Ready(t.Context()) == nil })
 	good := streamEvents(t, ctx, client.StreamURL(env.srv.URL, nil))
 	next(t, good, "snapshot")
