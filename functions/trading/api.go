@@ -484,6 +484,14 @@ func (req OrderRequest) orderSpec() (*eventing.OrderSpec, error) {
 	if spec.Units.GreaterThan(decimal.NewFromInt(unitsMax)) {
 		return nil, fmt.Errorf("%w: units above %d", eventing.ErrInvalid, unitsMax)
 	}
+	// Refused here rather than ignored: the ledger would accept them (commands placed before these
+	// checks may carry them) and apply neither.
+	if spec.Type != eventing.OrderTypeMarket && spec.PriceBound != nil {
+		return nil, fmt.Errorf("%w: priceBound is only for market orders; a %s order fills at its price or better", eventing.ErrInvalid, spec.Type)
+	}
+	if spec.Type == eventing.OrderTypeMarket && spec.GoodTill != nil {
+		return nil, fmt.Errorf("%w: goodTill is only for GTD limit and stop orders", eventing.ErrInvalid)
+	}
 	return spec, nil
 }
 

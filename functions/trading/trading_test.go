@@ -51,6 +51,7 @@ func TestOrderSpecDefaultsAndLimits(t *testing.T) {
 		t.Fatalf("market defaults: %+v %v", spec, err)
 	}
 	p := decimal.RequireFromString("150.000")
+	goodTill := time.Now().Add(time.Hour)
 	spec, err = OrderRequest{Pair: "USD_JPY", Side: "sell", Units: decimal.NewFromInt(1), Type: "limit", Price: &p}.orderSpec()
 	if err != nil || spec.TimeInForce != eventing.TimeInForceGTC {
 		t.Fatalf("limit defaults: %+v %v", spec, err)
@@ -63,6 +64,9 @@ func TestOrderSpecDefaultsAndLimits(t *testing.T) {
 		"unknown pair":     {Pair: "ABC_DEF", Side: "buy", Units: decimal.NewFromInt(1)},
 		"fractional units": {Pair: "USD_JPY", Side: "buy", Units: decimal.RequireFromString("0.5")},
 		"huge exponent":    {Pair: "USD_JPY", Side: "buy", Units: decimal.RequireFromString("1e2000000000")},
+		"bound on a stop":  {Pair: "USD_JPY", Side: "buy", Units: decimal.NewFromInt(1), Type: "stop", Price: &p, PriceBound: &p},
+		"bound on a limit": {Pair: "USD_JPY", Side: "buy", Units: decimal.NewFromInt(1), Type: "limit", Price: &p, PriceBound: &p},
+		"goodTill, market": {Pair: "USD_JPY", Side: "buy", Units: decimal.NewFromInt(1), GoodTill: &goodTill},
 	} {
 		if _, err := req.orderSpec(); !errors.Is(err, eventing.ErrInvalid) {
 			t.Errorf("%s: err = %v, want ErrInvalid", name, err)
