@@ -93,26 +93,38 @@ func (s *queryServer) GetAccount(ctx context.Context, r *ledgerv1.GetAccountRequ
 	return a, grpcError(err)
 }
 
+// accountViewSQL reads an account, its pending order count and its positions in one statement, so
+// the balance and the positions valued against it are of one snapshot: read apart, a fill committed
+// between the two reads showed the position closed but not its profit in the balance, or the reverse.
+const accountViewSQL = `SELECT a.currency, a.balance, a.tx_seq, a.created_at,
+  (SELECT count(*) FROM ledger.orders WHERE account_id = $1 AND status = 'pending'),
+  p.pairs, p.units, p.prices
+FROM ledger.accounts a, LATERAL (
+  SELECT coalesce(array_agg(pair ORDER BY pair), '{}') AS pairs, coalesce(array_agg(units::text ORDER BY pair), '{}') AS units,
+    coalesce(array_agg(average_price::text ORDER BY pair), '{}') AS prices
+  FROM ledger.positions WHERE account_id = $1) p
+WHERE a.id = $1 AND a.kind = 'customer'`
+
 // accountView reads an account and values it at the current quotes.
 func (l *Ledger) accountView(ctx context.Context, id string) (*ledgerv1.Account, error) {
-	var a accountState
-	var created time.Time
-	var pending, open int32
-	err := l.pool.QueryRow(ctx, `SELECT currency, balance, tx_seq, created_at,
-		(SELECT count(*) FROM ledger.orders WHERE account_id = $1 AND status = 'pending'),
-		(SELECT count(*) FROM ledger.positions WHERE account_id = $1)
-		FROM ledger.accounts WHERE id = $1 AND kind = 'customer'`, id).
-		Scan(&a.Currency, &a.Balance, &a.TxSeq, &created, &pending, &open)
+	var (
+		a                    accountState
+		created              time.Time
+		pending              int32
+		pairs, units, prices []string
+	)
+	err := l.pool.QueryRow(ctx, accountViewSQL, id).Scan(&a.Currency, &a.Balance, &a.TxSeq, &created, &pending, &pairs, &units, &prices)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("%w: %s", errAccountNotFound, id)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read account %s: %w", id, err)
 	}
-	positions, err := l.readPositions(ctx, id)
+	positions, err := positionsOf(pairs, units, prices)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("read account %s: %w", id, err)
 	}
+	open := int32(len(positions))
 	v, err := pricer{prices: l.prices}.value(a.Currency, a.Balance, positions, l.leverage)
 	if err != nil {
 		return nil, fmt.Errorf("value account %s: %w", id, err)
@@ -146,6 +158,26 @@ func (l *Ledger) readPositions(ctx context.Context, id string) (map[fx.Pair]posi
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read positions of %s: %w", id, err)
+	}
+	return out, nil
+}
+
+// positionsOf makes positions of the parallel arrays accountViewSQL reads.
+func positionsOf(pairs, units, prices []string) (map[fx.Pair]position, error) {
+	if len(units) != len(pairs) || len(prices) != len(pairs) {
+		return nil, fmt.Errorf("positions: %d pairs, %d units, %d prices", len(pairs), len(units), len(prices))
+	}
+	out := make(map[fx.Pair]position, len(pairs))
+	for i, pair := range pairs {
+		u, err := decimal.NewFromString(units[i])
+		if err != nil {
+			return nil, fmt.Errorf("position %s units %q: %w", pair, units[i], err)
+		}
+		avg, err := decimal.NewFromString(prices[i])
+		if err != nil {
+			return nil, fmt.Errorf("position %s average price %q: %w", pair, prices[i], err)
+		}
+		out[fx.Pair(pair)] = position{Pair: fx.Pair(pair), Units: u, AveragePrice: avg}
 	}
 	return out, nil
 }
@@ -345,8 +377,11 @@ func (s *queryServer) ListTransactions(ctx context.Context, r *ledgerv1.ListTran
 	if err != nil {
 		return nil, grpcError(fmt.Errorf("list transactions: %w", err))
 	}
+	// Each row carries the account's tx_seq as of the page's own snapshot, so lastTransactionId is never
+	// below an id on the page (read apart, a transaction committed between the reads made it so).
 	rows, err := s.l.pool.Query(ctx, `SELECT id, type, command_id, order_id, execution_id, pair, side, units, price,
-		amount, balance, reason, time FROM ledger.transactions WHERE account_id = $1 AND id >= $2 ORDER BY id LIMIT $3`,
+		amount, balance, reason, time, (SELECT tx_seq FROM ledger.accounts WHERE id = $1)
+		FROM ledger.transactions WHERE account_id = $1 AND id >= $2 ORDER BY id LIMIT $3`,
 		r.GetAccountId(), r.GetFrom(), n+1)
 	if err != nil {
 		return nil, grpcError(fmt.Errorf("list transactions: %w", err))
@@ -356,7 +391,7 @@ func (s *queryServer) ListTransactions(ctx context.Context, r *ledgerv1.ListTran
 		var t transaction
 		var units, price decimal.NullDecimal
 		if err := rows.Scan(&t.ID, &t.Type, &t.CommandID, &t.OrderID, &t.ExecutionID, &t.Pair, &t.Side, &units, &price,
-			&t.Amount, &t.Balance, &t.Reason, &t.Time); err != nil {
+			&t.Amount, &t.Balance, &t.Reason, &t.Time, &out.LastTransactionId); err != nil {
 			return nil, grpcError(fmt.Errorf("list transactions: %w", err))
 		}
 		if len(out.Transactions) == n {
