@@ -134,10 +134,12 @@ type engine struct {
 	prices      pricer
 	leverage    func(fx.Pair) decimal.Decimal
 	quoteAgeMax time.Duration
-	now         time.Time
-	acct        *accountState
-	cmd         *eventing.OrderCommandV1
-	out         effects
+	// marketOrderAgeMax is Config.MarketOrderAgeMax.
+	marketOrderAgeMax time.Duration
+	now               time.Time
+	acct              *accountState
+	cmd               *eventing.OrderCommandV1
+	out               effects
 }
 
 // target is the stored state a command refers to, loaded before the engine runs.
@@ -151,7 +153,7 @@ type target struct {
 
 func newEngine(l *Ledger, acct *accountState, cmd *eventing.OrderCommandV1, now time.Time) *engine {
 	e := &engine{prices: pricer{prices: l.prices}, leverage: l.leverage, quoteAgeMax: l.cfg.QuoteAgeMax,
-		now: now, acct: acct, cmd: cmd}
+		marketOrderAgeMax: l.cfg.MarketOrderAgeMax, now: now, acct: acct, cmd: cmd}
 	e.out.Positions = make(map[fx.Pair]position)
 	e.out.Result = eventing.OrderResultV1{CommandID: cmd.CommandID, AccountID: cmd.AccountID, OrderID: cmd.OrderID,
 		DecidedAt: now}
@@ -201,6 +203,12 @@ func (e *engine) place(t target) {
 }
 
 func (e *engine) placeMarket(o *order) {
+	if at := e.cmd.RequestedAt; !at.IsZero() && e.now.Sub(at) > e.marketOrderAgeMax {
+		// Queued behind an outage or replayed from the dead letters: the trader was answered 202
+		// long ago, and a fill now would be at a price they never saw.
+		e.reject(o, ReasonExpired)
+		return
+	}
 	price, _, reason := e.prices.executable(o.Pair, o.Side, e.now, e.quoteAgeMax)
 	if reason != "" {
 		e.reject(o, reason)

@@ -160,6 +160,8 @@ func TestMarketOrderRefusals(t *testing.T) {
 	l := testLedger(t, book)
 	bounded := placeCmd("o4", "USD_JPY", "buy", "1000", "market")
 	bounded.Order.PriceBound = dp("150.005")
+	late := placeCmd("o8", "USD_JPY", "buy", "1000", "market")
+	late.RequestedAt = testNow.Add(-time.Minute)
 	cases := []struct {
 		cmd  *eventing.OrderCommandV1
 		want string
@@ -168,6 +170,9 @@ func TestMarketOrderRefusals(t *testing.T) {
 		{placeCmd("o2", "EUR_JPY", "buy", "1000", "market"), ReasonNotTradeable},
 		{placeCmd("o3", "AUD_JPY", "buy", "1000", "market"), ReasonNoPrice},
 		{bounded, ReasonPriceBound},
+		// Accepted by trading over a minute ago (queued behind an outage, or replayed from the dead
+		// letters): too late to fill at today's price.
+		{late, ReasonExpired},
 		// 1,000,000 JPY at leverage 25 carries at most about 166,000 USD_JPY.
 		{placeCmd("o5", "USD_JPY", "buy", "170000", "market"), ReasonInsufficientMargin},
 	}

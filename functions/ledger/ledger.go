@@ -57,18 +57,23 @@ func Migrate(ctx context.Context, databaseURL string) error {
 
 // Defaults of Config.
 const (
-	defaultLeverage         = 25
-	defaultQuoteAgeMaxMs    = 5_000
-	defaultSweepIntervalMs  = 1_000
-	defaultWatchIntervalMs  = 100
-	defaultBookRefreshMs    = 500
-	defaultBookReloadMs     = 60_000
-	defaultTriggerResendMs  = 5_000
-	commandApplyTimeoutMs   = 10_000
-	livePublishTimeoutMs    = 5_000
-	commandRetryCountMax    = 3
-	serializationRetryDelay = 5 * time.Millisecond
-	rollbackTimeoutMs       = 2_000
+	defaultLeverage      = 25
+	defaultQuoteAgeMaxMs = 5_000
+	// defaultMarketOrderAgeMaxMs: a market order (FOK or IOC: now or never) older than this when the
+	// ledger gets to it is rejected, not filled at whatever the price has become. Well above a busy
+	// ledger's queueing (under a second) and a restart's; far below the minutes a delivery is retried
+	// for, or the hours a command may wait among the dead letters before it is replayed.
+	defaultMarketOrderAgeMaxMs = 30_000
+	defaultSweepIntervalMs     = 1_000
+	defaultWatchIntervalMs     = 100
+	defaultBookRefreshMs       = 500
+	defaultBookReloadMs        = 60_000
+	defaultTriggerResendMs     = 5_000
+	commandApplyTimeoutMs      = 10_000
+	livePublishTimeoutMs       = 5_000
+	commandRetryCountMax       = 3
+	serializationRetryDelay    = 5 * time.Millisecond
+	rollbackTimeoutMs          = 2_000
 )
 
 // Config is the ledger's behaviour; DefaultConfig gives the production values.
@@ -79,6 +84,9 @@ type Config struct {
 	Leverage map[fx.Pair]decimal.Decimal
 	// QuoteAgeMax is how old (by provider time) a quote may be for a market order to fill on it.
 	QuoteAgeMax time.Duration
+	// MarketOrderAgeMax is how long after trading accepted it (its command's requestedAt) a market
+	// order may still fill; an older one is rejected as expired.
+	MarketOrderAgeMax time.Duration
 	// SweepInterval is how often the outbox is swept for rows left behind (older than outboxStaleMs).
 	SweepInterval time.Duration
 	// Watch runs the trigger/expiry/close-out watcher in Run (one active replica at a time).
@@ -99,14 +107,15 @@ type Config struct {
 // DefaultConfig returns the production configuration: leverage 25 on every pair, quotes up to 5 s old.
 func DefaultConfig() Config {
 	return Config{
-		DefaultLeverage: decimal.NewFromInt(defaultLeverage),
-		QuoteAgeMax:     defaultQuoteAgeMaxMs * time.Millisecond,
-		SweepInterval:   defaultSweepIntervalMs * time.Millisecond,
-		Watch:           true,
-		WatchInterval:   defaultWatchIntervalMs * time.Millisecond,
-		BookRefresh:     defaultBookRefreshMs * time.Millisecond,
-		BookReload:      defaultBookReloadMs * time.Millisecond,
-		TriggerResend:   defaultTriggerResendMs * time.Millisecond,
+		DefaultLeverage:   decimal.NewFromInt(defaultLeverage),
+		QuoteAgeMax:       defaultQuoteAgeMaxMs * time.Millisecond,
+		MarketOrderAgeMax: defaultMarketOrderAgeMaxMs * time.Millisecond,
+		SweepInterval:     defaultSweepIntervalMs * time.Millisecond,
+		Watch:             true,
+		WatchInterval:     defaultWatchIntervalMs * time.Millisecond,
+		BookRefresh:       defaultBookRefreshMs * time.Millisecond,
+		BookReload:        defaultBookReloadMs * time.Millisecond,
+		TriggerResend:     defaultTriggerResendMs * time.Millisecond,
 	}
 }
 
@@ -122,7 +131,7 @@ func (c Config) check() error {
 			return fmt.Errorf("ledger config: leverage of %s must be positive", p)
 		}
 	}
-	if c.QuoteAgeMax <= 0 || c.SweepInterval <= 0 || c.WatchInterval <= 0 || c.BookRefresh <= 0 || c.BookReload <= 0 || c.TriggerResend <= 0 {
+	if c.QuoteAgeMax <= 0 || c.MarketOrderAgeMax <= 0 || c.SweepInterval <= 0 || c.WatchInterval <= 0 || c.BookRefresh <= 0 || c.BookReload <= 0 || c.TriggerResend <= 0 {
 		return errors.New("ledger config: durations must be positive")
 	}
 	return nil
