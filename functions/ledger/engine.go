@@ -343,26 +343,34 @@ func (e *engine) closeOut() {
 		pairs = append(pairs, p)
 	}
 	sort.Slice(pairs, func(i, j int) bool { return pairs[i] < pairs[j] })
+	closed, skipped := 0, ""
 	for _, pair := range pairs {
-		e.closePosition(e.acct.Positions[pair])
+		if reason := e.closePosition(e.acct.Positions[pair]); reason != "" {
+			skipped = reason
+			continue
+		}
+		closed++
+	}
+	if closed == 0 {
+		// Every position's pair is stale or halted: nothing is closed at a price that may be long
+		// gone; the watcher asks again while the account stays below the line.
+		e.out.Result.Status, e.out.Result.Reason = eventing.ResultRejected, skipped
+		return
 	}
 	e.out.Result = eventing.OrderResultV1{CommandID: e.cmd.CommandID, AccountID: e.acct.ID,
 		Status: eventing.ResultFilled, Reason: ReasonMarginCloseout, DecidedAt: e.now}
 }
 
-func (e *engine) closePosition(pos position) {
+// closePosition closes pos at market; a pair without a fresh, tradeable quote is left open (its
+// reason returned) for a later close-out, like a market order would be refused.
+func (e *engine) closePosition(pos position) string {
 	side := eventing.SideSell
 	if pos.Units.IsNegative() {
 		side = eventing.SideBuy
 	}
-	q, ok := e.prices.prices.Quote(pos.Pair)
-	if !ok {
-		// value() found every quote, so this cannot happen.
-		panic("ledger: close-out lost the quote of " + string(pos.Pair))
-	}
-	price := q.Bid
-	if side == eventing.SideBuy {
-		price = q.Ask
+	price, _, reason := e.prices.executable(pos.Pair, side, e.now, e.quoteAgeMax)
+	if reason != "" {
+		return reason
 	}
 	e.acct.OrderSeq++
 	o := &order{ID: closeoutOrderID(e.cmd.CommandID, pos.Pair), AccountID: e.acct.ID, Seq: e.acct.OrderSeq,
@@ -374,6 +382,7 @@ func (e *engine) closePosition(pos position) {
 		panic("ledger: close-out fill refused: " + reason)
 	}
 	o.Reason = ReasonMarginCloseout
+	return ""
 }
 
 // closeoutOrderID names the order closing pair in a close-out command, deterministically.

@@ -330,6 +330,43 @@ func TestCloseOutBelowHalfMargin(t *testing.T) {
 	}
 }
 
+// TestCloseOutSkipsStalePairs: a close-out closes the positions it has a fresh, tradeable price for
+// and leaves a pair whose quote is two hours old for a later close-out, rather than closing it at a
+// price long gone; with no such price at all it changes nothing.
+func TestCloseOutSkipsStalePairs(t *testing.T) {
+	book := testBook()
+	l := testLedger(t, book)
+	acct := newAccount("JPY", "100000")
+	for _, c := range []*eventing.OrderCommandV1{placeCmd("o1", "USD_JPY", "buy", "15000", "market"), placeCmd("o2", "EUR_USD", "buy", "100", "market")} {
+		if eff := newEngine(l, acct, c, testNow).apply(target{}); eff.Result.Status != eventing.ResultFilled {
+			t.Fatalf("open %s = %+v", c.OrderID, eff.Result)
+		}
+	}
+	book.Set(Quote{Pair: "EUR_USD", Bid: d("1.10000"), Ask: d("1.10010"), Time: testNow.Add(-2 * time.Hour), Tradeable: false})
+	book.Set(Quote{Pair: "USD_JPY", Bid: d("146.000"), Ask: d("146.010"), Time: testNow, Tradeable: true})
+	co := &eventing.OrderCommandV1{CommandID: "closeout:A:3:1", Kind: eventing.CommandCloseOut, AccountID: "A"}
+	eff := newEngine(l, acct, co, testNow).apply(target{})
+	if eff.Result.Status != eventing.ResultFilled || len(eff.Executions) != 1 || eff.Executions[0].Pair != "USD_JPY" {
+		t.Fatalf("close-out = %+v, executions %+v", eff.Result, eff.Executions)
+	}
+	if _, open := acct.Positions["EUR_USD"]; !open || len(acct.Positions) != 1 {
+		t.Fatalf("positions after the close-out: %+v", acct.Positions)
+	}
+	// An account whose only position is on the stale pair, below the line at its last quote: nothing
+	// to close at a real price.
+	book.Set(Quote{Pair: "EUR_USD", Bid: d("1.10000"), Ask: d("1.10010"), Time: testNow, Tradeable: true})
+	only := newAccount("JPY", "100000")
+	if eff := newEngine(l, only, placeCmd("o3", "EUR_USD", "buy", "10000", "market"), testNow).apply(target{}); eff.Result.Status != eventing.ResultFilled {
+		t.Fatalf("open EUR_USD = %+v", eff.Result)
+	}
+	book.Set(Quote{Pair: "EUR_USD", Bid: d("1.05000"), Ask: d("1.05010"), Time: testNow.Add(-2 * time.Hour), Tradeable: false})
+	co2 := &eventing.OrderCommandV1{CommandID: "closeout:A:4:1", Kind: eventing.CommandCloseOut, AccountID: "A"}
+	eff = newEngine(l, only, co2, testNow).apply(target{})
+	if eff.Result.Status != eventing.ResultRejected || eff.Result.Reason != ReasonNotTradeable || len(eff.Executions) != 0 || len(only.Positions) != 1 {
+		t.Fatalf("close-out with only a stale pair = %+v, positions %+v", eff.Result, only.Positions)
+	}
+}
+
 func TestCancelAndDuplicates(t *testing.T) {
 	l := testLedger(t, testBook())
 	acct := newAccount("JPY", "1000000")
