@@ -152,7 +152,9 @@ type target struct {
 }
 
 func newEngine(l *Ledger, acct *accountState, cmd *eventing.OrderCommandV1, now time.Time) *engine {
-	e := &engine{prices: pricer{prices: l.prices}, leverage: l.leverage, quoteAgeMax: l.cfg.QuoteAgeMax,
+	// Frozen per command: the fill's price, the margin check and the valuation all see the quotes as
+	// they were at the command's first look, not a quote that changed between two of them.
+	e := &engine{prices: frozenPricer(l.prices), leverage: l.leverage, quoteAgeMax: l.cfg.QuoteAgeMax,
 		marketOrderAgeMax: l.cfg.MarketOrderAgeMax, now: now, acct: acct, cmd: cmd}
 	e.out.Positions = make(map[fx.Pair]position)
 	e.out.Result = eventing.OrderResultV1{CommandID: cmd.CommandID, AccountID: cmd.AccountID, OrderID: cmd.OrderID,

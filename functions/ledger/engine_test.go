@@ -367,6 +367,35 @@ func TestCloseOutSkipsStalePairs(t *testing.T) {
 	}
 }
 
+// jumpingPrices answers USD_JPY at 150 the first time and at 75 after: a quote that changes while a
+// command is being decided.
+type jumpingPrices struct {
+	*QuoteBook
+	asked int
+}
+
+func (j *jumpingPrices) Quote(p fx.Pair) (Quote, bool) {
+	q, ok := j.QuoteBook.Quote(p)
+	if p == "USD_JPY" {
+		if j.asked++; j.asked > 1 {
+			q.Bid, q.Ask = d("75.000"), d("75.010")
+		}
+	}
+	return q, ok
+}
+
+// TestCommandSeesOneSetOfQuotes: the fill price and the margin check of one order come from the same
+// quote, however the live quote moves meanwhile. At 150 the order needs 960,000 JPY of margin and
+// fits; bought at 150 and judged at 75 it would be 12 million JPY under water and refused.
+func TestCommandSeesOneSetOfQuotes(t *testing.T) {
+	l := testLedger(t, &jumpingPrices{QuoteBook: testBook()})
+	acct := newAccount("JPY", "1000000")
+	eff := newEngine(l, acct, placeCmd("o1", "USD_JPY", "buy", "160000", "market"), testNow).apply(target{})
+	if eff.Result.Status != eventing.ResultFilled || !eff.Executions[0].Price.Equal(d("150.010")) {
+		t.Fatalf("order = %+v, want filled at 150.010 and judged at that price", eff.Result)
+	}
+}
+
 func TestCancelAndDuplicates(t *testing.T) {
 	l := testLedger(t, testBook())
 	acct := newAccount("JPY", "1000000")
