@@ -281,16 +281,24 @@ func triggerPrice(o *order, q Quote, fresh bool) decimal.Decimal {
 }
 
 func (e *engine) cancel(o *order) {
+	expiry := strings.HasPrefix(e.cmd.CommandID, expireCommandPrefix)
 	switch {
-	case o == nil:
-		e.commandReject(ReasonOrderNotFound)
-		return
-	case o.Status != StatusPending:
-		e.commandReject(ReasonOrderNotPending)
+	case o == nil || o.Status != StatusPending:
+		reason := ReasonOrderNotFound
+		if o != nil {
+			reason = ReasonOrderNotPending
+		}
+		if expiry {
+			// The watcher's expiry raced a fill or a cancel of the order: the trader asked for
+			// nothing, so nothing goes into their transaction log (as for a late trigger).
+			e.out.Result.Status, e.out.Result.Reason = eventing.ResultRejected, reason
+			return
+		}
+		e.commandReject(reason)
 		return
 	}
 	status, reason, txType := StatusCancelled, ReasonClientRequest, TxOrderCancel
-	if strings.HasPrefix(e.cmd.CommandID, expireCommandPrefix) {
+	if expiry {
 		status, reason, txType = StatusExpired, ReasonExpired, TxOrderExpire
 	}
 	e.finish(o, status, reason)

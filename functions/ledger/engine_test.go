@@ -238,6 +238,16 @@ func TestPendingOrdersTriggerAndExpire(t *testing.T) {
 	if g.Status != StatusExpired || eff.Transactions[0].Type != TxOrderExpire || eff.Result.Status != eventing.ResultCancelled {
 		t.Fatalf("expiry = %+v", eff)
 	}
+	// The expiry again (the watcher resends), now of an order no longer pending: rejected, and
+	// nothing in the trader's transaction log; a trader's own cancel of it is recorded.
+	eff = newEngine(l, acct, exp, till).apply(target{Order: g})
+	if eff.Result.Status != eventing.ResultRejected || eff.Result.Reason != ReasonOrderNotPending || len(eff.Transactions) != 0 {
+		t.Fatalf("expiry of an expired order = %+v", eff)
+	}
+	own := &eventing.OrderCommandV1{CommandID: "cancel:G1", Kind: eventing.CommandCancel, AccountID: "A", OrderID: "G1"}
+	if eff = newEngine(l, acct, own, till).apply(target{Order: g}); len(eff.Transactions) != 1 || eff.Transactions[0].Type != TxCommandReject {
+		t.Fatalf("trader's cancel of an expired order = %+v", eff)
+	}
 }
 
 // TestTriggerWithStaleQuote: the market gapped through a stop and the ledger's own quote of the pair
