@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -91,6 +93,7 @@ const tradingUsage = `usage:
   kawase order list <account> [--status pending|filled|rejected|cancelled|expired] [--from N] [--page-size N]
   kawase order show <account> <order id | @client id>
   kawase order cancel <account> <order id | @client id>
+a POST without --key gets a fresh Idempotency-Key, named in the error when the outcome is unknown;
 every command also takes --url URL and --token TOKEN (default KAWASE_URL, KAWASE_TOKEN, else the running
 kawase dev's .run/dev.json, whose token is the admin's); answers are printed as JSON.`
 
@@ -134,9 +137,25 @@ func tradingCLI(ctx context.Context, out io.Writer, dataDir string, env apiTarge
 	if err != nil {
 		return fmt.Errorf("%w: %s %s: %v\n%s", errUsage, noun, verb, err, tradingUsage)
 	}
+	var bad string
+	fs.Visit(func(fl *flag.Flag) {
+		if (fl.Name == "from" && f.from < 0) || (fl.Name == "page-size" && f.pageSize < 1) {
+			bad = fl.Name
+		}
+	})
+	if bad != "" {
+		return fmt.Errorf("%w: %s %s: --%s must be positive\n%s", errUsage, noun, verb, bad, tradingUsage)
+	}
 	method, path, body, key, err := tradingRequest(noun, verb, pos, f)
 	if err != nil {
 		return err
+	}
+	if method == http.MethodPost && key == "" {
+		// A key of its own, so a retry after a timeout (with --key, as the error says) cannot place
+		// the order or open the account twice.
+		if key, err = newCLIIdempotencyKey(); err != nil {
+			return err
+		}
 	}
 	if err := resolveTradingTarget(&f.target, env, dataDir); err != nil {
 		return err
@@ -248,6 +267,26 @@ func resolveTradingTarget(t *apiTarget, env apiTarget, dataDir string) error {
 	return nil
 }
 
+// cliIdempotencyKeyBytes is the randomness of a key the CLI makes for a POST given none.
+const cliIdempotencyKeyBytes = 16
+
+// newCLIIdempotencyKey returns a fresh random Idempotency-Key.
+func newCLIIdempotencyKey() (string, error) {
+	b := make([]byte, cliIdempotencyKeyBytes)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("make an idempotency key: %w", err)
+	}
+	return "cli-" + hex.EncodeToString(b), nil
+}
+
+// retryHint tells how to retry a POST whose outcome is unknown without doing it twice.
+func retryHint(key string) string {
+	if key == "" {
+		return ""
+	}
+	return fmt.Sprintf("; the outcome may be unknown: run it again with --key %s to retry without doing it twice", key)
+}
+
 // tradingCall sends one request and prints the answer indented; a non-2xx answer is an error with
 // the problem's title, detail and code.
 func tradingCall(ctx context.Context, out io.Writer, t apiTarget, method, path string, body any, key string) error {
@@ -275,7 +314,7 @@ func tradingCall(ctx context.Context, out io.Writer, t apiTarget, method, path s
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
+		return fmt.Errorf("%s %s: %w%s", method, path, err, retryHint(key))
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, tradingCLIAnswerBytes))
@@ -284,10 +323,14 @@ func tradingCall(ctx context.Context, out io.Writer, t apiTarget, method, path s
 	}
 	if resp.StatusCode >= 300 {
 		var p struct{ Title, Detail, Code string }
-		if json.Unmarshal(b, &p) == nil && p.Code != "" {
-			return fmt.Errorf("%s %s: %s: %s (%s, HTTP %d)", method, path, p.Title, p.Detail, p.Code, resp.StatusCode)
+		hint := ""
+		if resp.StatusCode >= http.StatusInternalServerError || resp.StatusCode == http.StatusConflict {
+			hint = retryHint(key)
 		}
-		return fmt.Errorf("%s %s: HTTP %d: %s", method, path, resp.StatusCode, strings.TrimSpace(string(b)))
+		if json.Unmarshal(b, &p) == nil && p.Code != "" {
+			return fmt.Errorf("%s %s: %s: %s (%s, HTTP %d)%s", method, path, p.Title, p.Detail, p.Code, resp.StatusCode, hint)
+		}
+		return fmt.Errorf("%s %s: HTTP %d: %s%s", method, path, resp.StatusCode, strings.TrimSpace(string(b)), hint)
 	}
 	var buf bytes.Buffer
 	if err := json.Indent(&buf, b, "", "  "); err != nil {

@@ -1117,3 +1117,29 @@ func (st *tradingStack) counter(tb testing.TB, name string) float64 {
 	tb.Fatalf("no metric %s", name)
 	return 0
 }
+
+// TestTradingCLIKeysEveryPost: a POST given no --key still carries an Idempotency-Key of its own, and
+// when its outcome is unknown (a 503 here) the error names the key to retry with; a page size that is
+// not positive is a usage error, not silently dropped.
+func TestTradingCLIKeysEveryPost(t *testing.T) {
+	keys := make(chan string, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		keys <- r.Header.Get("Idempotency-Key")
+		w.Header().Set("Content-Type", "application/problem+json")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte(`{"title":"unavailable","detail":"try again","code":"ledger_unavailable","status":503}`))
+	}))
+	defer srv.Close()
+	var out bytes.Buffer
+	err := tradingCLI(context.Background(), &out, t.TempDir(), apiTarget{URL: srv.URL, Token: "t"}, "order",
+		[]string{"place", "acct-1", "--pair", "USD_JPY", "--side", "buy", "--units", "1000"})
+	key := <-keys
+	if !strings.HasPrefix(key, "cli-") || err == nil || !strings.Contains(err.Error(), "--key "+key) {
+		t.Fatalf("key %q, error %v", key, err)
+	}
+	err = tradingCLI(context.Background(), &out, t.TempDir(), apiTarget{URL: srv.URL, Token: "t"}, "account",
+		[]string{"transactions", "acct-1", "--page-size", "0"})
+	if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), "--page-size") {
+		t.Fatalf("--page-size 0: %v", err)
+	}
+}
