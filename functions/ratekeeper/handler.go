@@ -63,9 +63,13 @@ func (k *Keeper) receiveRate(w http.ResponseWriter, r *http.Request) {
 // refuse answers a delivery that can never be processed, so Knative dead-letters it with the reason.
 func (k *Keeper) refuse(w http.ResponseWriter, p observe.Problem) {
 	k.metrics.outcomes[OutcomeInvalid].Inc()
+	k.metrics.refused.WithLabelValues(p.Code).Inc()
 	k.log.Warnw("rate refused", "code", p.Code, "detail", p.Detail)
 	observe.WriteProblem(w, p)
 }
+
+// refusalCodes are the problem codes refuse answers with (readProblem's and decodeProblem's).
+var refusalCodes = []string{"invalid_cloudevent", "event_too_large", "invalid_rate", "unknown_event_type", "rate_out_of_range"}
 
 func readProblem(err error) observe.Problem {
 	var tooLarge *http.MaxBytesError

@@ -23,6 +23,7 @@ import (
 
 	"github.com/kawase-fx/kawase/eventing"
 	"github.com/kawase-fx/kawase/eventing/fx"
+	"github.com/kawase-fx/kawase/eventing/observe/metrictest"
 	"github.com/kawase-fx/kawase/functions/ratekeeper"
 	ratesv1 "github.com/kawase-fx/kawase/proto/rates/v1"
 )
@@ -87,6 +88,11 @@ func TestRefusesInvalidRatesForDeadLetters(t *testing.T) {
 	want := float64(len(cases) + 3)
 	mustf(t, counter(t, env.reg, ratekeeper.OutcomeInvalid) == want, "invalid counter %v, want %v",
 		counter(t, env.reg, ratekeeper.OutcomeInvalid), want)
+	for code, n := range map[string]float64{"invalid_rate": 6, "rate_out_of_range": 3, "unknown_event_type": 1,
+		"invalid_cloudevent": 1, "event_too_large": 1} {
+		got, err := metrictest.Value(env.reg, "kawase_ratekeeper_refused_total", map[string]string{"code": code})
+		mustf(t, err == nil && got == n, "refused %s: %v (%v), want %v", code, got, err, n)
+	}
 	mustf(t, queryInt(t, env.pool, `SELECT count(*) FROM ratekeeper.ticks`) == 0, "an invalid rate left a tick")
 	mustf(t, queryInt(t, env.pool, `SELECT count(*) FROM ratekeeper.marks`) == 0, "an invalid rate left a mark")
 }

@@ -22,7 +22,9 @@ const (
 )
 
 type metrics struct {
-	outcomes    map[Outcome]prometheus.Counter
+	outcomes map[Outcome]prometheus.Counter
+	// refused counts the invalid outcomes by the problem code they were answered with.
+	refused     *prometheus.CounterVec
 	batchSize   prometheus.Histogram
 	batchTime   prometheus.Histogram
 	storeErrors prometheus.Counter
@@ -37,6 +39,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		Help: "Rates delivered to the ratekeeper, by outcome."}, []string{"outcome"})
 	m := &metrics{
 		outcomes: map[Outcome]prometheus.Counter{},
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "kawase_ratekeeper_refused_total",
+			Help: "Rates refused for the dead-letter sink, by problem code (invalid_rate, rate_out_of_range, unknown_event_type, invalid_cloudevent, event_too_large)."},
+			[]string{"code"}),
 		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "kawase_ratekeeper_batch_size",
 			Help: "Rates per committed transaction.", Buckets: prometheus.ExponentialBuckets(1, 2, 10)}),
 		batchTime: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "kawase_ratekeeper_batch_seconds",
@@ -54,7 +59,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, o := range []Outcome{OutcomeAccepted, OutcomeDuplicate, OutcomeStaleEpoch, OutcomeInvalid} {
 		m.outcomes[o] = outcomes.WithLabelValues(string(o))
 	}
-	for _, c := range []prometheus.Collector{outcomes, m.batchSize, m.batchTime, m.storeErrors, m.pruned, m.rollupsPruned, m.lag} {
+	for _, code := range refusalCodes {
+		m.refused.WithLabelValues(code)
+	}
+	for _, c := range []prometheus.Collector{outcomes, m.refused, m.batchSize, m.batchTime, m.storeErrors, m.pruned, m.rollupsPruned, m.lag} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}
