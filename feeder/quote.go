@@ -179,13 +179,16 @@ func incrementalUpdates(body fixspec.Fields) ([]bookUpdate, error) {
 }
 
 // rate turns a complete top of book into a rate. The quote's identity (provider time and quote id)
-// is that of the side updated last; epoch, sequence and session are the caller's.
+// is the newer of the two sides' by the readers' order (time, then quote id): an incremental update of
+// one side in the same millisecond as the other's then still makes a newer rate, where taking the
+// bid's id on a tie made it a duplicate that every reader dropped. Epoch, sequence and session are the
+// caller's.
 func (b topOfBook) rate(pair fx.Pair) (eventing.RateV1, error) {
 	if !b.bid.set || !b.offer.set {
 		return eventing.RateV1{}, errIncompleteQuote
 	}
 	latest := b.bid
-	if b.offer.at.After(b.bid.at) {
+	if b.offer.at.After(b.bid.at) || (b.offer.at.Equal(b.bid.at) && eventing.CompareQuoteIDs(b.offer.quoteID, b.bid.quoteID) > 0) {
 		latest = b.offer
 	}
 	return eventing.RateV1{

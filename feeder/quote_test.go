@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quickfixgo/enum"
 	"github.com/shopspring/decimal"
 )
 
@@ -61,5 +62,28 @@ func TestQuoteDecimalMatchesNewFromString(t *testing.T) {
 			t.Errorf("%q: got %v (%s e%d), %v; NewFromString %v (%s e%d), %v", c, got, got.Coefficient(), got.Exponent(),
 				gotErr, want, want.Coefficient(), want.Exponent(), wantErr)
 		}
+	}
+}
+
+// TestRateIdentityIsTheNewerSide: a one-sided update in the same millisecond as the other side makes a
+// rate newer than the one before it (by the readers' rule), whichever side it updates.
+func TestRateIdentityIsTheNewerSide(t *testing.T) {
+	at := time.Date(2026, 12, 2, 9, 0, 0, 0, time.UTC)
+	side := func(px string, id string) quoteSide {
+		return quoteSide{px: decimal.RequireFromString(px), size: decimal.NewFromInt(1_000_000), at: at, quoteID: id, set: true}
+	}
+	var b topOfBook
+	b.apply(enum.MDEntryType_BID, side("150.000", "12"))
+	b.apply(enum.MDEntryType_OFFER, side("150.010", "12"))
+	first, err := b.rate("USD_JPY")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.apply(enum.MDEntryType_OFFER, side("150.020", "13"))
+	second, _ := b.rate("USD_JPY")
+	b.apply(enum.MDEntryType_BID, side("150.005", "14"))
+	third, _ := b.rate("USD_JPY")
+	if !second.NewerThan(&first) || !third.NewerThan(&second) || second.QuoteID != "13" || third.QuoteID != "14" {
+		t.Fatalf("identities %s, %s, %s: each update must make a newer rate", first.QuoteID, second.QuoteID, third.QuoteID)
 	}
 }
