@@ -460,6 +460,13 @@ func (e *engine) fill(o *order, price decimal.Decimal, execReason, txType string
 }
 
 func (e *engine) checkMargin(after position, realized decimal.Decimal) string {
+	if after.Units.Abs().LessThanOrEqual(e.acct.Positions[after.Pair].Units.Abs()) {
+		// The position shrinks (or flips smaller): its margin falls and the account's NAV stays (the
+		// profit or loss moves from unrealized to the balance), so the margin level can only rise.
+		// Valuing the whole account would refuse a trader cutting risk because some other pair of
+		// theirs has no quote.
+		return ""
+	}
 	before, err := e.prices.value(e.acct.Currency, e.acct.Balance, e.acct.Positions, e.leverage)
 	if err != nil {
 		return ReasonNoConversion

@@ -406,6 +406,24 @@ func TestCommandSeesOneSetOfQuotes(t *testing.T) {
 	}
 }
 
+// TestReducingOrderNeedsNoOtherQuote: an order that shrinks a position is filled even though another
+// pair of the account has no quote (its margin can only fall); one that grows a position still needs
+// the whole account valued.
+func TestReducingOrderNeedsNoOtherQuote(t *testing.T) {
+	l := testLedger(t, testBook()) // no CHF_JPY quote
+	acct := newAccount("JPY", "1000000")
+	if eff := newEngine(l, acct, placeCmd("o1", "USD_JPY", "buy", "2000", "market"), testNow).apply(target{}); eff.Result.Status != eventing.ResultFilled {
+		t.Fatalf("open = %+v", eff.Result)
+	}
+	acct.Positions["CHF_JPY"] = position{Pair: "CHF_JPY", Units: d("1000"), AveragePrice: d("170.000")}
+	if eff := newEngine(l, acct, placeCmd("o2", "USD_JPY", "sell", "1500", "market"), testNow).apply(target{}); eff.Result.Status != eventing.ResultFilled {
+		t.Fatalf("reducing order = %+v", eff.Result)
+	}
+	if eff := newEngine(l, acct, placeCmd("o3", "USD_JPY", "buy", "1000", "market"), testNow).apply(target{}); eff.Result.Status != eventing.ResultRejected {
+		t.Fatalf("growing order without every quote = %+v", eff.Result)
+	}
+}
+
 func TestCancelAndDuplicates(t *testing.T) {
 	l := testLedger(t, testBook())
 	acct := newAccount("JPY", "1000000")
