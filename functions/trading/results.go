@@ -2,6 +2,7 @@ package trading
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,12 +27,14 @@ type resultTail struct {
 	brokers []string
 	log     *zap.SugaredLogger
 	ready   atomic.Bool
-	mu      sync.Mutex
-	waiting map[string]chan eventing.OrderResultV1
+	mu sync.Mutex
+	// waiting holds, per command id, every request waiting for its result: two requests can send one
+	// command (a cancel's id is derived from the order, so two DELETEs of it share one).
+	waiting map[string][]chan eventing.OrderResultV1
 }
 
 func newResultTail(brokers []string, log *zap.SugaredLogger) *resultTail {
-	return &resultTail{brokers: brokers, log: log, waiting: make(map[string]chan eventing.OrderResultV1)}
+	return &resultTail{brokers: brokers, log: log, waiting: make(map[string][]chan eventing.OrderResultV1)}
 }
 
 // wait registers interest in the result of commandID; call it before publishing the command. The
@@ -39,27 +42,28 @@ func newResultTail(brokers []string, log *zap.SugaredLogger) *resultTail {
 func (t *resultTail) wait(commandID string) (<-chan eventing.OrderResultV1, func()) {
 	ch := make(chan eventing.OrderResultV1, 1)
 	t.mu.Lock()
-	t.waiting[commandID] = ch
+	t.waiting[commandID] = append(t.waiting[commandID], ch)
 	t.mu.Unlock()
 	return ch, func() {
 		t.mu.Lock()
-		if t.waiting[commandID] == ch {
+		defer t.mu.Unlock()
+		rest := slices.DeleteFunc(t.waiting[commandID], func(c chan eventing.OrderResultV1) bool { return c == ch })
+		if len(rest) == 0 {
 			delete(t.waiting, commandID)
+			return
 		}
-		t.mu.Unlock()
+		t.waiting[commandID] = rest
 	}
 }
 
 func (t *resultTail) deliver(r eventing.OrderResultV1) {
 	t.mu.Lock()
-	ch, ok := t.waiting[r.CommandID]
-	t.mu.Unlock()
-	if !ok {
-		return
-	}
-	select {
-	case ch <- r:
-	default:
+	defer t.mu.Unlock()
+	for _, ch := range t.waiting[r.CommandID] {
+		select {
+		case ch <- r:
+		default:
+		}
 	}
 }
 

@@ -217,3 +217,34 @@ func TestUncachedTokenLookupsAreLimited(t *testing.T) {
 		t.Fatalf("answer: %d %v", rec.Code, rec.Header())
 	}
 }
+
+// TestResultReachesEveryWaiter: two requests waiting on one command id (two DELETEs of one order) both
+// get its result, and one that stops waiting does not take the other's place.
+func TestResultReachesEveryWaiter(t *testing.T) {
+	tail := newResultTail(nil, zap.NewNop().Sugar())
+	first, stopFirst := tail.wait("cancel:o1")
+	second, stopSecond := tail.wait("cancel:o1")
+	gone, stopGone := tail.wait("cancel:o1")
+	stopGone()
+	tail.deliver(eventing.OrderResultV1{CommandID: "cancel:o1", Status: eventing.ResultCancelled})
+	for i, ch := range []<-chan eventing.OrderResultV1{first, second} {
+		select {
+		case r := <-ch:
+			if r.Status != eventing.ResultCancelled {
+				t.Fatalf("waiter %d got %+v", i, r)
+			}
+		default:
+			t.Fatalf("waiter %d got no result", i)
+		}
+	}
+	select {
+	case r := <-gone:
+		t.Fatalf("a waiter that stopped got %+v", r)
+	default:
+	}
+	stopFirst()
+	stopSecond()
+	if len(tail.waiting) != 0 {
+		t.Fatalf("waiters left behind: %v", tail.waiting)
+	}
+}
