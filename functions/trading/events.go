@@ -2,9 +2,13 @@ package trading
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
+	"strings"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/cloudevents/sdk-go/v2/binding"
@@ -84,7 +88,7 @@ func (s *Service) orderRequestEvent(w http.ResponseWriter, r *http.Request, p pr
 			Title: "invalid order request", Detail: `action "place" needs order; "cancel" needs orderId`})
 		return
 	}
-	key := "ce:" + ev.Source() + "|" + ev.ID()
+	key := eventKey(ev.Source(), ev.ID())
 	rec := newRecorder()
 	s.withKey(rec, r, p, key, requestHash("EVENT", TypeOrderRequest, ev.Data()), nil, func(w http.ResponseWriter) {
 		if req.Action == ActionPlace {
@@ -94,6 +98,20 @@ func (s *Service) orderRequestEvent(w http.ResponseWriter, r *http.Request, p pr
 		s.cancel(w, r.Context(), req.AccountID, req.OrderID)
 	})
 	s.replyEvent(w, r, ev.ID(), rec)
+}
+
+// eventKey is the idempotency key of an order request event: its source and id, which name it. Written
+// out ("ce:" source "|" id) when that fits the key limit and the source has no "|" (so no other source
+// and id make the same key); otherwise a hash of both, length-prefixed, so a long source is not refused
+// as a too-long Idempotency-Key the producer never sent.
+func eventKey(source, id string) string {
+	key := "ce:" + source + "|" + id
+	if len(key) <= idempotencyKeyLengthMax && !strings.Contains(source, "|") {
+		return key
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "%d:%s%s", len(source), source, id)
+	return "ce#" + hex.EncodeToString(h.Sum(nil))
 }
 
 // replyEvent answers a 2xx as a kawase.order.response.v1 CloudEvent and anything else as it is.

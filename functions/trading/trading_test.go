@@ -248,3 +248,19 @@ func TestResultReachesEveryWaiter(t *testing.T) {
 		t.Fatalf("waiters left behind: %v", tail.waiting)
 	}
 }
+
+// TestEventKeyNamesTheEventUnambiguously: an order request event's key is its source and id, written
+// out as before when it fits; a source too long for the key limit, or one with the separator in it,
+// gets a hashed key that fits and that no other source and id share.
+func TestEventKeyNamesTheEventUnambiguously(t *testing.T) {
+	if got := eventKey("/producer", "e-1"); got != "ce:/producer|e-1" {
+		t.Fatalf("short key = %q", got)
+	}
+	long := "/" + strings.Repeat("s", 250)
+	if k := eventKey(long, "e-1"); len(k) > idempotencyKeyLengthMax || k == eventKey(long, "e-2") {
+		t.Fatalf("long source: %q", k)
+	}
+	if eventKey("a|b", "c") == eventKey("a", "b|c") {
+		t.Fatal("source a|b with id c and source a with id b|c share a key")
+	}
+}
