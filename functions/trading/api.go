@@ -406,6 +406,13 @@ func (s *Service) openAccount(w http.ResponseWriter, r *http.Request, _ principa
 	defer cancel()
 	res, err := s.ledger.OpenAccount(ctx, &ledgerv1.OpenAccountRequest{AccountId: id, Currency: req.Currency,
 		Deposit: req.Deposit.String()})
+	if err != nil {
+		// Stored first so the account never exists without its token; not opened (or not known to
+		// be), the token goes: a retry under the same key stores a fresh one for the same account.
+		if derr := dropToken(r.Context(), s.pool, hash); derr != nil {
+			s.log.Warnw("an unused token stays stored (never shown; it names an account not opened by this request)", "error", derr)
+		}
+	}
 	if status.Code(err) == codes.InvalidArgument {
 		observe.WriteProblem(w, observe.Problem{Status: http.StatusUnprocessableEntity, Code: "invalid_account",
 			Title: "invalid account", Detail: status.Convert(err).Message()})

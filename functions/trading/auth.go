@@ -149,6 +149,21 @@ func storeToken(ctx context.Context, pool *pgxpool.Pool, hash []byte, accountID 
 	return nil
 }
 
+// tokenDropTimeoutMs bounds the clean-up of a token whose account was not opened.
+const tokenDropTimeoutMs = 2_000
+
+// dropToken deletes a token stored for an account the ledger did not open (refused, or failed), so no
+// valid token is left that was never shown, for an account that may not exist or may be another's. A
+// failure is returned for the caller to log: the token was never shown to anyone.
+func dropToken(ctx context.Context, pool *pgxpool.Pool, hash []byte) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), tokenDropTimeoutMs*time.Millisecond)
+	defer cancel()
+	if _, err := pool.Exec(ctx, `DELETE FROM trading.api_keys WHERE token_hash = $1`, hash); err != nil {
+		return fmt.Errorf("drop an unused token: %w", err)
+	}
+	return nil
+}
+
 // limiter is a token bucket per principal: rate tokens a second, at most burst at once.
 type limiter struct {
 	mu      sync.Mutex

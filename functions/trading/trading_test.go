@@ -13,11 +13,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/shopspring/decimal"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/kawase-fx/kawase/eventing"
 	"github.com/kawase-fx/kawase/eventing/pgdb/pgtest"
+	ledgerv1 "github.com/kawase-fx/kawase/proto/ledger/v1"
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
@@ -262,5 +264,35 @@ func TestEventKeyNamesTheEventUnambiguously(t *testing.T) {
 	}
 	if eventKey("a|b", "c") == eventKey("a", "b|c") {
 		t.Fatal("source a|b with id c and source a with id b|c share a key")
+	}
+}
+
+// refusingLedger answers OpenAccount with code; nothing else is called.
+type refusingLedger struct {
+	ledgerv1.LedgerServiceClient
+	code codes.Code
+}
+
+func (l refusingLedger) OpenAccount(context.Context, *ledgerv1.OpenAccountRequest, ...grpc.CallOption) (*ledgerv1.OpenAccountResponse, error) {
+	return nil, status.Error(l.code, "refused by the test")
+}
+
+// TestUnopenedAccountLeavesNoToken: the token stored before the ledger opens the account is deleted
+// when the ledger does not open it, so no valid token is left for an account that may not exist, or
+// may be another's.
+func TestUnopenedAccountLeavesNoToken(t *testing.T) {
+	for _, code := range []codes.Code{codes.Unavailable, codes.AlreadyExists, codes.InvalidArgument} {
+		s := idemService(t)
+		s.ledger = refusingLedger{code: code}
+		w := httptest.NewRecorder()
+		r := httptest.NewRequest(http.MethodPost, "/v1/accounts", nil)
+		s.openAccount(w, r, principal{admin: true, id: "admin"}, []byte(`{"currency":"JPY","deposit":"1000"}`), "k1")
+		var n int
+		if err := s.pool.QueryRow(context.Background(), `SELECT count(*) FROM trading.api_keys`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if w.Code < 400 || n != 0 {
+			t.Errorf("%s: answered %d, %d token(s) left", code, w.Code, n)
+		}
 	}
 }
