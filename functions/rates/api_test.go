@@ -1,6 +1,7 @@
 package rates_test
 
 import (
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -91,7 +92,14 @@ func TestRESTRates(t *testing.T) {
 	fl := decodeList(t, filtered.body)
 	mustf(t, len(fl) == 2 && fl[0].Pair == "AUD_USD" && fl[1].Pair == "USD_JPY", "filtered: %s", filtered.body)
 	mustf(t, filtered.header.Get("Etag") != etag, "filtered response shares the full ETag")
-	mustf(t, get(t, env.srv.URL+"/v1/rates?pairs=", "If-None-Match", etag).status == http.StatusNotModified, "empty filter is everything")
+	// Parameters other than pairs are left alone (cache-busters).
+	mustf(t, get(t, env.srv.URL+"/v1/rates?_=1712", "If-None-Match", etag).status == http.StatusNotModified, "a cache-buster changed the board")
+	mustf(t, get(t, env.srv.URL+"/v1/rates?pairs=AUD_USD,usd_jpy&_=1712").body == filtered.body, "a cache-buster changed the filter")
+	// If-None-Match split over several header lines counts whole, for the board and for a filter.
+	mustf(t, getINM(t, env.srv.URL+"/v1/rates", `"x"`, etag).status == http.StatusNotModified, "board: the second If-None-Match ignored")
+	mustf(t, getINM(t, env.srv.URL+"/v1/rates?pairs=AUD_USD,usd_jpy", `"x"`, filtered.header.Get("Etag")).status == http.StatusNotModified,
+		"filter: the second If-None-Match ignored")
+	mustf(t, getINM(t, env.srv.URL+"/v1/rates?pairs=AUD_USD,usd_jpy", `"x"`, `"y"`).status == http.StatusOK, "filter: 304 for other tags")
 
 	// A change of one pair changes the full and that pair's ETags, not another filter's.
 	audEtag := get(t, env.srv.URL+"/v1/rates?pairs=AUD_USD").header.Get("Etag")
@@ -124,6 +132,11 @@ func TestRESTRates(t *testing.T) {
 		{"/v1/rates?pairs=USD_JPY,USD_JPY", 400, "invalid_pairs"},
 		{"/v1/rates?pairs=EUR_GBP", 400, "invalid_pairs"},
 		{"/v1/rates?pairs=USD_JPY&pairs=EUR_USD", 400, "invalid_pairs"},
+		{"/v1/rates?pairs=", 400, "invalid_pairs"}, // an empty list is not "every pair"
+		{"/v1/rates?pairs=%20", 400, "invalid_pairs"},
+		{"/v1/rates?pairs", 400, "invalid_pairs"},
+		{"/v1/rates/stream?pairs=", 400, "invalid_pairs"},
+		{"/v1/rates/stream?pairs=+&_=1", 400, "invalid_pairs"},
 		{"/v1/rates?pairs=%zz", 400, "invalid_query"},
 		{"/v1/rates?pairs=" + strings.Repeat("USD_JPY,", 200), 414, "query_too_long"},
 		{"/v1/rates/stream?pairs=NOPE", 400, "invalid_pairs"},
@@ -165,4 +178,39 @@ func TestOutOfRangeRatesAreSkipped(t *testing.T) {
 	})
 	got := metricValue(t, env.reg, "kawase_rates_applied_total", map[string]string{"outcome": "out_of_range"})
 	mustf(t, got == 2, "out_of_range = %v, want 2", got)
+}
+
+// getINM is a GET with one If-None-Match header line per tag.
+func getINM(t *testing.T, url string, tags ...string) response {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tag := range tags {
+		req.Header.Add("If-None-Match", tag)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return response{status: resp.StatusCode, header: resp.Header, body: string(b)}
+}
+
+// TestTradeableFlipsPromptly: a pair turns not tradeable within a short sweep interval of its
+// staleness limit passing, however long the limit: with an hour's limit, a sweep every StaleAfter/5
+// would flip it twelve minutes late, well past this test's timeout.
+func TestTradeableFlipsPromptly(t *testing.T) {
+	const staleAfter = time.Hour
+	env := startRates(t, rates.Config{Pairs: []fx.Pair{"USD_JPY"}, StaleAfter: staleAfter}, nil)
+	env.publish(t, quote("USD_JPY", 1, 1))
+	eventually(t, "ready", func() bool { return env.svc.Ready(t.Context()) == nil })
+	mustf(t, decodeRate(t, get(t, env.srv.URL+"/v1/rates/USD_JPY").body).Tradeable, "a fresh rate is not tradeable")
+	env.clock.Advance(staleAfter + time.Millisecond)
+	eventually(t, "USD_JPY stale", func() bool { return !decodeRate(t, get(t, env.srv.URL+"/v1/rates/USD_JPY").body).Tradeable })
 }

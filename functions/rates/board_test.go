@@ -6,16 +6,19 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/kawase-fx/kawase/eventing"
 	"github.com/kawase-fx/kawase/eventing/fx"
+	"github.com/kawase-fx/kawase/eventing/observe"
 	"github.com/kawase-fx/kawase/functions/rates"
 )
 
@@ -40,18 +43,29 @@ func findChromium(t *testing.T) string {
 }
 
 // TestBoardInHeadlessChromium loads the rate board in a real headless Chromium against a service fed
-// with changing rates through the broker, and dumps the live DOM twice: it must show every pair with
-// bid and ask, and the prices must have moved (with up/down colouring and a sparkline) in between.
+// with changing rates through the broker, and dumps the live DOM as it goes: it must show every pair
+// with bid and ask, and the prices must move (with up/down colouring and a sparkline). Then the board
+// must ride out what breaks a stream:
+//   - a tradeable flip alone (no price change) greys the rows but adds no sparkline point;
+//   - a stream cut and its reconnection answered 503 (as during a rollout, which closes an EventSource
+//     for good): the page opens a new stream and the prices move again;
+//   - a stream that answers and then says nothing (a half-open connection): after 2.5 heartbeats of
+//     silence the page shows every row stale, though the server holds them tradeable, and reconnects.
 //
 // The DOM is read over the DevTools protocol (--remote-debugging-pipe) rather than --dump-dom:
 // --dump-dom snapshots at the load event, before the stream's first event, and --virtual-time-budget
 // never expires while an EventSource is open.
 func TestBoardInHeadlessChromium(t *testing.T) {
+	const staleAfter = 5 * time.Second
 	chromium := findChromium(t)
-	env := startRates(t, rates.Config{ConflateInterval: 100 * time.Millisecond}, nil)
-	ctx, cancel := context.WithTimeout(t.Context(), 2*testTimeout)
+	gate := &streamGate{cancels: map[*streamCancel]bool{}}
+	env := newRatesEnv(t, rates.Config{ConflateInterval: 100 * time.Millisecond, StaleAfter: staleAfter}, nil)
+	env.wrap = gate.wrap
+	env.start(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 4*testTimeout)
 	defer cancel()
-	go feedAllPairs(ctx, t, env)
+	feed := &boardFeed{}
+	go feed.run(ctx, env)
 	eventually(t, "ready", func() bool { return env.svc.Ready(t.Context()) == nil })
 
 	b := startBrowser(ctx, t, chromium)
@@ -73,6 +87,78 @@ func TestBoardInHeadlessChromium(t *testing.T) {
 	t.Logf("USD_JPY bid %s, then %s", first["USD_JPY"].bid, second["USD_JPY"].bid)
 	status := b.eval(t, session, `document.getElementById("status").textContent`)
 	mustf(t, status == `"live"`, "status shows %s", status)
+
+	// Tradeable flips alone: with the feed paused and the page showing its last prices, the pairs go
+	// stale; the rows grey out, and their sparklines stay exactly as they were.
+	last := feed.pause()
+	settled := waitForBoard(t, b, session, func(rows map[string]boardRow) bool {
+		for _, spec := range fx.Pairs() {
+			if r := rows[string(spec.Pair)]; r.bid != spec.FormatPrice(quote(spec.Pair, last, 1).Bid) || r.stale {
+				return false
+			}
+		}
+		return true
+	})
+	env.clock.Advance(staleAfter + time.Millisecond)
+	flipped := waitForBoard(t, b, session, func(rows map[string]boardRow) bool { return allRows(rows, boardRow.isStale) })
+	for p, r := range flipped {
+		mustf(t, r.bid == settled[p].bid && r.spark == settled[p].spark,
+			"%s: a tradeable flip changed bid %s → %s, sparkline %q → %q", p, settled[p].bid, r.bid, settled[p].spark, r.spark)
+	}
+	feed.resume()
+	waitForBoard(t, b, session, func(rows map[string]boardRow) bool {
+		return allRows(rows, func(r boardRow) bool { return !r.stale && r.bid != flipped[r.pair].bid })
+	})
+
+	// A 503 for the reconnection after a cut: the page must come back by itself, and not by way of its
+	// silence watchdog, which is held off meanwhile.
+	freezeClock(t, b, session)
+	gate.set(func(g *streamGate) { g.refuse = 1 })
+	gate.cut()
+	eventually(t, "the reconnection refused", func() bool { return gate.get(func(g *streamGate) int { return g.refused }) == 1 })
+	refusedAt := waitForBoard(t, b, session, func(map[string]boardRow) bool { return true })
+	waitForBoard(t, b, session, func(rows map[string]boardRow) bool {
+		return allRows(rows, func(r boardRow) bool { return !r.stale && r.bid != refusedAt[r.pair].bid })
+	})
+	status = b.eval(t, session, `document.getElementById("status").textContent`)
+	mustf(t, status == `"live"`, "after the 503, status shows %s", status)
+	thawClock(t, b, session)
+
+	// A silent stream, then refusals until the test has seen the rows go stale.
+	gate.set(func(g *streamGate) { g.mute, g.refuseAll = 1, true })
+	gate.cut()
+	eventually(t, "the silent stream served", func() bool { return gate.get(func(g *streamGate) int { return g.muted }) == 1 })
+	dark := waitForBoard(t, b, session, func(rows map[string]boardRow) bool { return allRows(rows, boardRow.isStale) })
+	for _, r := range decodeList(t, get(t, env.srv.URL+"/v1/rates").body) {
+		mustf(t, r.Tradeable, "%s is not tradeable on the server: the rows' staleness proves nothing", r.Pair)
+	}
+	status = b.eval(t, session, `document.getElementById("status").className`)
+	mustf(t, status == `"down"`, "with no data, status is %s", status)
+	gate.set(func(g *streamGate) { g.refuseAll = false })
+	waitForBoard(t, b, session, func(rows map[string]boardRow) bool {
+		return allRows(rows, func(r boardRow) bool { return !r.stale && r.bid != dark[r.pair].bid })
+	})
+	status = b.eval(t, session, `document.getElementById("status").textContent`)
+	mustf(t, status == `"live"`, "after the silent stream, status shows %s", status)
+}
+
+// freezeClock stops the page's Date.now, which is the only clock of the board's silence watchdog, so
+// the watchdog cannot fire and what is tested is the rest of the page.
+func freezeClock(t *testing.T, b *browser, session string) {
+	t.Helper()
+	b.eval(t, session, `window.realNow = Date.now; window.frozenNow = Date.now(); Date.now = function () { return window.frozenNow; }; true`)
+}
+
+// thawClock lets the page's Date.now run again once an event has been seen at the present frozen
+// time, so the watchdog does not take the time spent frozen for silence.
+func thawClock(t *testing.T, b *browser, session string) {
+	t.Helper()
+	b.eval(t, session, `window.frozenNow = window.realNow(); true`)
+	at := waitForBoard(t, b, session, func(map[string]boardRow) bool { return true })
+	waitForBoard(t, b, session, func(rows map[string]boardRow) bool {
+		return allRows(rows, func(r boardRow) bool { return r.bid != at[r.pair].bid })
+	})
+	b.eval(t, session, `Date.now = window.realNow; true`)
 }
 
 func priceOf(spec fx.PairSpec, s string) bool {
@@ -80,14 +166,38 @@ func priceOf(spec fx.PairSpec, s string) bool {
 	return i > 0 && len(s)-i-1 == int(spec.Precision)
 }
 
-// feedAllPairs publishes a rising quote of every pair every 100 ms until ctx ends.
-func feedAllPairs(ctx context.Context, t *testing.T, env *ratesEnv) {
+// allRows reports whether the board has every pair and ok holds for each row.
+func allRows(rows map[string]boardRow, ok func(boardRow) bool) bool {
+	if len(rows) != len(fx.Pairs()) {
+		return false
+	}
+	for _, r := range rows {
+		if !ok(r) {
+			return false
+		}
+	}
+	return true
+}
+
+// boardFeed publishes a rising quote of every pair every 100 ms until ctx ends, except while paused.
+type boardFeed struct {
+	mu   sync.Mutex // held while a batch is published, and while paused
+	last int        // the quote number of the last batch published
+}
+
+func (f *boardFeed) run(ctx context.Context, env *ratesEnv) {
 	for i := 1; ctx.Err() == nil; i++ {
 		batch := make([]eventing.RateV1, 0, len(fx.Pairs()))
 		for _, spec := range fx.Pairs() {
 			batch = append(batch, quote(spec.Pair, i, 1))
 		}
-		if err := env.tryPublish(ctx, batch...); err != nil {
+		f.mu.Lock()
+		err := env.tryPublish(ctx, batch...)
+		if err == nil {
+			f.last = i
+		}
+		f.mu.Unlock()
+		if err != nil {
 			return
 		}
 		select {
@@ -97,14 +207,108 @@ func feedAllPairs(ctx context.Context, t *testing.T, env *ratesEnv) {
 	}
 }
 
-type boardRow struct {
-	bid, ask    string
-	moved       bool // the bid cell is coloured up or down
-	sparkPoints int
+// pause stops the feed once its current batch is published and returns that batch's quote number.
+func (f *boardFeed) pause() int {
+	f.mu.Lock()
+	return f.last
 }
 
+func (f *boardFeed) resume() { f.mu.Unlock() }
+
+// streamGate stands in front of the stream endpoint: it can cut the streams open now, answer the
+// next requests with 503 (as a replica at its limit, or an ingress during a rollout, does), or answer
+// one with a stream that sends nothing at all.
+type streamGate struct {
+	mu        sync.Mutex
+	cancels   map[*streamCancel]bool
+	mute      int  // answer this many next requests with a silent stream
+	refuse    int  // then answer this many with 503
+	refuseAll bool // then answer every one with 503
+	muted     int
+	refused   int
+}
+
+type streamCancel struct{ cancel context.CancelFunc }
+
+func (g *streamGate) set(fn func(*streamGate)) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	fn(g)
+}
+
+func (g *streamGate) get(fn func(*streamGate) int) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return fn(g)
+}
+
+// cut ends every stream open now.
+func (g *streamGate) cut() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for c := range g.cancels {
+		c.cancel()
+	}
+}
+
+func (g *streamGate) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v1/rates/stream" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		ctx, cancel := context.WithCancel(r.Context())
+		c := &streamCancel{cancel: cancel}
+		g.mu.Lock()
+		mute := g.mute > 0
+		refuse := !mute && (g.refuse > 0 || g.refuseAll)
+		switch {
+		case mute:
+			g.mute--
+			g.muted++
+		case refuse:
+			g.refuse = max(g.refuse-1, 0)
+			g.refused++
+		}
+		if !refuse {
+			g.cancels[c] = true
+		}
+		g.mu.Unlock()
+		defer func() {
+			cancel()
+			g.mu.Lock()
+			delete(g.cancels, c)
+			g.mu.Unlock()
+		}()
+		switch {
+		case refuse:
+			w.Header().Set("Retry-After", "1")
+			observe.WriteProblem(w, observe.Problem{Status: http.StatusServiceUnavailable, Code: "too_many_streams",
+				Title: "too many streams", Detail: "refused by the test"})
+		case mute:
+			w.Header().Set("Content-Type", "text/event-stream")
+			w.Header().Set("Cache-Control", "no-store")
+			w.WriteHeader(http.StatusOK)
+			_ = http.NewResponseController(w).Flush()
+			<-ctx.Done()
+		default:
+			next.ServeHTTP(w, r.WithContext(ctx))
+		}
+	})
+}
+
+type boardRow struct {
+	pair, bid, ask string
+	moved          bool // the bid cell is coloured up or down
+	stale          bool // the row is shown stale
+	sparkPoints    int
+	spark          string // the sparkline's points
+}
+
+func (r boardRow) isStale() bool { return r.stale }
+
 var (
-	rowRe   = regexp.MustCompile(`<tr id="pair-([A-Z_]+)"[^>]*>(.*?)</tr>`)
+	rowRe   = regexp.MustCompile(`<tr id="pair-([A-Z_]+)"([^>]*)>(.*?)</tr>`)
 	bidRe   = regexp.MustCompile(`<td class="bid( up| down)?">([0-9.]*)</td>`)
 	askRe   = regexp.MustCompile(`<td class="ask[^"]*">([0-9.]*)</td>`)
 	sparkRe = regexp.MustCompile(`<polyline points="([^"]*)"`)
@@ -121,15 +325,15 @@ func waitForBoard(t *testing.T, b *browser, session string, ok func(map[string]b
 		}
 		rows := map[string]boardRow{}
 		for _, m := range rowRe.FindAllStringSubmatch(html, -1) {
-			r := boardRow{}
-			if bm := bidRe.FindStringSubmatch(m[2]); bm != nil {
+			r := boardRow{pair: m[1], stale: strings.Contains(m[2], `class="stale"`)}
+			if bm := bidRe.FindStringSubmatch(m[3]); bm != nil {
 				r.bid, r.moved = bm[2], bm[1] != ""
 			}
-			if am := askRe.FindStringSubmatch(m[2]); am != nil {
+			if am := askRe.FindStringSubmatch(m[3]); am != nil {
 				r.ask = am[1]
 			}
-			if sm := sparkRe.FindStringSubmatch(m[2]); sm != nil {
-				r.sparkPoints = len(strings.Fields(sm[1]))
+			if sm := sparkRe.FindStringSubmatch(m[3]); sm != nil {
+				r.spark, r.sparkPoints = sm[1], len(strings.Fields(sm[1]))
 			}
 			rows[m[1]] = r
 		}

@@ -216,8 +216,12 @@ func (b *book) record(r *eventing.RateV1, epochSeen int64, unknownIsNow bool) (a
 }
 
 // sweep re-evaluates every pair's tradeable flag against the staleness limit and publishes a new
-// snapshot if any flipped; it returns how many did.
+// snapshot if any flipped; it returns how many did. It runs often, so it takes the writers' lock only
+// when a flag is due to flip.
 func (b *book) sweep() int {
+	if !b.flipDue(b.load(), b.now()) {
+		return 0
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	cur, now := b.load(), b.now()
@@ -242,6 +246,16 @@ func (b *book) sweep() int {
 		b.publish(entries)
 	}
 	return flipped
+}
+
+// flipDue reports whether any entry of snap has a tradeable flag that is wrong at now.
+func (b *book) flipDue(snap *snapshot, now time.Time) bool {
+	for _, e := range snap.entries {
+		if e != nil && (now.Sub(e.fresh) <= b.staleAfter) != e.tradeable {
+			return true
+		}
+	}
+	return false
 }
 
 // missing lists the served pairs that have no rate yet.

@@ -101,6 +101,14 @@ func (s *Service) candleRequest(r *http.Request, pair string) (*ratesv1.GetCandl
 	if err != nil {
 		return nil, &observe.Problem{Status: http.StatusBadRequest, Code: "invalid_query", Title: "invalid query", Detail: err.Error()}
 	}
+	if len(q["granularity"]) > 1 {
+		return nil, &observe.Problem{Status: http.StatusBadRequest, Code: "invalid_granularity",
+			Title: "invalid granularity", Detail: "give granularity once"}
+	}
+	if len(q["count"]) > 1 {
+		return nil, &observe.Problem{Status: http.StatusBadRequest, Code: "invalid_count", Title: "invalid count",
+			Detail: "give count once"}
+	}
 	g, ok := granularities[q.Get("granularity")]
 	if !ok {
 		return nil, &observe.Problem{Status: http.StatusBadRequest, Code: "invalid_granularity",

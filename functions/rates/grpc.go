@@ -33,6 +33,13 @@ func (rs *rateServer) indexes(pairs []string) ([]int, error) {
 	if len(pairs) == 0 {
 		return nil, nil
 	}
+	// The list is parsed joined with commas: an empty element, or one holding a comma, would be read
+	// as something else (nothing, or two pairs).
+	for _, p := range pairs {
+		if strings.TrimSpace(p) == "" || strings.Contains(p, ",") {
+			return nil, status.Errorf(codes.InvalidArgument, "pair %q is not a pair name", p)
+		}
+	}
 	out, err := rs.s.pairIndexes(strings.Join(pairs, ","))
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
@@ -58,17 +65,18 @@ func (rs *rateServer) GetRates(_ context.Context, req *ratesv1.GetRatesRequest) 
 }
 
 // WatchRates sends a snapshot, then conflated changes, until the client leaves, falls behind
-// (RESOURCE_EXHAUSTED) or the server stops (UNAVAILABLE). A client that stops reading blocks Send once
-// the flow-control window is full, and a blocked Send returns only when the stream ends; so a sender
-// goroutine does the sending, and this loop, free to see the hub drop the client, ends the stream by
-// returning, which unblocks that Send.
+// (RESOURCE_EXHAUSTED) or the server stops (UNAVAILABLE). A replica serves at most WatchClientsMax of
+// these streams, counted apart from the SSE streams; one more is refused with RESOURCE_EXHAUSTED. A
+// client that stops reading blocks Send once the flow-control window is full, and a blocked Send
+// returns only when the stream ends; so a sender goroutine does the sending, and this loop, free to
+// see the hub drop the client, ends the stream by returning, which unblocks that Send.
 func (rs *rateServer) WatchRates(req *ratesv1.WatchRatesRequest, stream ratesv1.RateService_WatchRatesServer) error {
 	idx, err := rs.indexes(req.GetPairs())
 	if err != nil {
 		return err
 	}
 	s := rs.s
-	sub, err := s.hub.subscribe(filterOf(idx, len(s.book.specs)))
+	sub, err := s.hub.subscribe(streamWatch, filterOf(idx, len(s.book.specs)))
 	if errors.Is(err, ErrTooManyStreams) {
 		return status.Error(codes.ResourceExhausted, err.Error())
 	}

@@ -3,8 +3,10 @@ package rates_test
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"testing"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/kawase-fx/kawase/functions/rates"
+	"github.com/kawase-fx/kawase/functions/rates/client"
 	ratesv1 "github.com/kawase-fx/kawase/proto/rates/v1"
 )
 
@@ -60,6 +63,20 @@ func TestGRPCRateService(t *testing.T) {
 	mustf(t, err == nil && len(some.Rates) == 1 && some.Rates[0].Pair == "EUR_USD", "GetRates EUR_USD: %v %v", some, err)
 	if _, err := rc.GetRates(ctx, &ratesv1.GetRatesRequest{Pairs: []string{"NOPE"}}); status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("GetRates of an unknown pair: %v", err)
+	}
+	// The list is parsed joined with commas: an element that is empty or holds a comma is refused, not
+	// read as "every pair" or as two pairs.
+	for _, pairs := range [][]string{{""}, {" "}, {"USD_JPY", ""}, {"USD_JPY,EUR_USD"}, {"EUR_USD", ",USD_JPY"}} {
+		if _, err := rc.GetRates(ctx, &ratesv1.GetRatesRequest{Pairs: pairs}); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("GetRates %q: %v, want INVALID_ARGUMENT", pairs, err)
+		}
+		w, err := rc.WatchRates(ctx, &ratesv1.WatchRatesRequest{Pairs: pairs})
+		if err == nil {
+			_, err = w.Recv()
+		}
+		if status.Code(err) != codes.InvalidArgument {
+			t.Errorf("WatchRates %q: %v, want INVALID_ARGUMENT", pairs, err)
+		}
 	}
 
 	watch, err := rc.WatchRates(ctx, &ratesv1.WatchRatesRequest{Pairs: []string{"GBP_JPY"}})
@@ -134,6 +151,8 @@ func TestCandlesProxied(t *testing.T) {
 		c.Bid.O == "151.420" && c.Bid.H == "151.480" && c.Ask.C == "151.453" && c.Volume == 1200 && c.Complete, "candles body %s", r.body)
 	mustf(t, get(t, env.srv.URL+"/v1/rates/USD_JPY/candles?granularity=M5&count=7", "If-None-Match", r.header.Get("Etag")).status ==
 		http.StatusNotModified, "candles revalidation")
+	mustf(t, get(t, env.srv.URL+"/v1/rates/USD_JPY/candles?granularity=M5&count=7&_=1", "If-None-Match", r.header.Get("Etag")).status ==
+		http.StatusNotModified, "a cache-buster parameter was refused")
 	if d := get(t, env.srv.URL+"/v1/rates/USD_JPY/candles?granularity=H1"); d.status != 200 || stub.got.Count != 100 {
 		t.Fatalf("default count: %d, asked for %d", d.status, stub.got.Count)
 	}
@@ -147,6 +166,9 @@ func TestCandlesProxied(t *testing.T) {
 		{"/v1/rates/USD_JPY/candles?granularity=M1&count=0", 400, "invalid_count"},
 		{"/v1/rates/USD_JPY/candles?granularity=M1&count=5001", 400, "invalid_count"},
 		{"/v1/rates/USD_JPY/candles?granularity=M1&count=ten", 400, "invalid_count"},
+		{"/v1/rates/USD_JPY/candles?granularity=M1&granularity=H1", 400, "invalid_granularity"},
+		{"/v1/rates/USD_JPY/candles?granularity=M1&granularity=M1", 400, "invalid_granularity"},
+		{"/v1/rates/USD_JPY/candles?granularity=M1&count=5&count=6", 400, "invalid_count"},
 		{"/v1/rates/NOPE/candles?granularity=M1", 404, "unknown_pair"},
 	} {
 		if r := get(t, env.srv.URL+c.path); r.status != c.status || problemCode(r) != c.code {
@@ -221,4 +243,64 @@ func TestGRPCSlowWatcherDropped(t *testing.T) {
 		n++
 	}
 	mustf(t, n > 1, "only %d messages before the drop", n)
+}
+
+// TestStreamLimitsApart: SSE streams and WatchRates streams are limited apart, so neither kind can
+// lock the other out: with the one SSE stream allowed taken, WatchRates is still served, and with the
+// one WatchRates stream allowed taken, a new SSE stream is.
+func TestStreamLimitsApart(t *testing.T) {
+	env := startRates(t, rates.Config{Pairs: apiPairs, StreamClientsMax: 1, WatchClientsMax: 1}, nil)
+	for _, p := range apiPairs {
+		env.publish(t, quote(p, 1, 1))
+	}
+	eventually(t, "ready", func() bool { return env.svc.Ready(t.Context()) == nil })
+	rc := ratesv1.NewRateServiceClient(serveGRPC(t, env.svc.RegisterGRPC))
+	ctx, cancel := context.WithTimeout(t.Context(), testTimeout)
+	defer cancel()
+	url := client.StreamURL(env.srv.URL, nil)
+
+	sseCtx, closeSSE := context.WithCancel(ctx)
+	next(t, streamEvents(t, sseCtx, url), "snapshot")
+	mustf(t, streamStatus(t, ctx, url) == "503 too_many_streams", "a second SSE stream was not refused")
+
+	watch, err := rc.WatchRates(ctx, &ratesv1.WatchRatesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := watch.Recv()
+	mustf(t, err == nil && first.Snapshot, "WatchRates with the SSE limit reached: %v", err)
+	extra, err := rc.WatchRates(ctx, &ratesv1.WatchRatesRequest{})
+	if err == nil {
+		_, err = extra.Recv()
+	}
+	mustf(t, status.Code(err) == codes.ResourceExhausted, "a second WatchRates: %v, want RESOURCE_EXHAUSTED", err)
+
+	closeSSE()
+	eventually(t, "the SSE stream released", func() bool {
+		return metricValue(t, env.reg, "kawase_rates_stream_clients", nil) == 1
+	})
+	next(t, streamEvents(t, ctx, url), "snapshot")
+}
+
+// streamStatus opens a stream and returns its status and problem code ("503 too_many_streams"), or
+// "200" for a stream served (closed at once).
+func streamStatus(t *testing.T, ctx context.Context, url string) string {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusOK {
+		return "200"
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strconv.Itoa(resp.StatusCode) + " " + problemCode(response{status: resp.StatusCode, header: resp.Header, body: string(body)})
 }

@@ -53,22 +53,37 @@ func compress(body []byte) *gzipped {
 	return &gzipped{body: buf.Bytes(), lengthHeader: []string{strconv.Itoa(buf.Len())}}
 }
 
-// acceptsGzip reports whether an Accept-Encoding header value allows gzip: listed (or "*") without
-// q=0.
+// acceptsGzip reports whether Accept-Encoding header values allow gzip: gzip (or x-gzip) listed
+// without q=0, or, when neither is listed, "*" without q=0. An explicit coding takes precedence over
+// "*" wherever it stands (RFC 9110 12.5.3), so "*;q=0, gzip" allows gzip and "gzip;q=0, *" does not.
 func acceptsGzip(values []string) bool {
+	explicit, explicitOK, star, starOK := false, true, false, false
 	for _, v := range values {
 		for part := range strings.SplitSeq(v, ",") {
 			coding, params, _ := strings.Cut(strings.TrimSpace(part), ";")
 			coding = strings.TrimSpace(coding)
-			if !strings.EqualFold(coding, "gzip") && !strings.EqualFold(coding, "x-gzip") && coding != "*" {
-				continue
+			switch {
+			case strings.EqualFold(coding, "gzip") || strings.EqualFold(coding, "x-gzip"):
+				explicit = true
+				explicitOK = explicitOK && !refused(params)
+			case coding == "*":
+				star, starOK = true, !refused(params)
 			}
-			if q, ok := strings.CutPrefix(strings.ReplaceAll(params, " ", ""), "q="); ok {
-				if f, err := strconv.ParseFloat(q, 64); err == nil && f == 0 {
-					return false
-				}
-			}
-			return true
+		}
+	}
+	if explicit {
+		return explicitOK
+	}
+	return star && starOK
+}
+
+// refused reports whether the parameters of an Accept-Encoding element hold q=0.
+func refused(params string) bool {
+	for p := range strings.SplitSeq(params, ";") {
+		name, value, _ := strings.Cut(strings.TrimSpace(p), "=")
+		if strings.EqualFold(strings.TrimSpace(name), "q") {
+			f, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
+			return err == nil && f == 0
 		}
 	}
 	return false

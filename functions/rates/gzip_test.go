@@ -54,7 +54,12 @@ func TestBoardGzip(t *testing.T) {
 	mustf(t, other.status == http.StatusOK && other.header.Get("Content-Encoding") == "gzip",
 		"the identity ETag revalidated the gzip body: %d", other.status)
 
-	for _, ae := range []string{"gzip;q=0", "identity", "br", "GZIP; q=0.0"} {
+	// An explicit gzip wins over "*" wherever either stands.
+	for _, ae := range []string{"*", "*;q=0, gzip", "*;q=0,gzip;q=0.5", "gzip, *;q=0", "identity, *;q=0.1", "x-gzip"} {
+		r := rawGet(t, url, "Accept-Encoding", ae)
+		mustf(t, r.status == http.StatusOK && r.header.Get("Content-Encoding") == "gzip", "Accept-Encoding %q got %q", ae, r.header.Get("Content-Encoding"))
+	}
+	for _, ae := range []string{"gzip;q=0", "identity", "br", "GZIP; q=0.0", "gzip;q=0, *", "*;q=0", "br, *; q=0", "gzip;level=1;q=0"} {
 		r := rawGet(t, url, "Accept-Encoding", ae)
 		mustf(t, r.status == http.StatusOK && r.header.Get("Content-Encoding") == "", "Accept-Encoding %q got %q", ae, r.header.Get("Content-Encoding"))
 	}

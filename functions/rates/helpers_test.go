@@ -46,6 +46,8 @@ type ratesEnv struct {
 	// sendBuffer, when set, fixes the send buffer of accepted connections (no autotuning), so a
 	// client that stops reading blocks the server's writes quickly.
 	sendBuffer int
+	// wrap, when set, stands in front of the service's handler (to break its streams on purpose).
+	wrap func(http.Handler) http.Handler
 }
 
 type smallBufferListener struct {
@@ -122,7 +124,11 @@ func (env *ratesEnv) start(t *testing.T) {
 	health.AddCheck("rates", svc.Ready)
 	mux := http.NewServeMux()
 	observe.Mount(mux, env.reg, health)
-	mux.Handle("/", svc.Handler())
+	if env.wrap != nil {
+		mux.Handle("/", env.wrap(svc.Handler()))
+	} else {
+		mux.Handle("/", svc.Handler())
+	}
 	env.srv = httptest.NewUnstartedServer(mux)
 	// As observe.Serve does: HTTP/1.1, and HTTP/2 without TLS (h2c).
 	env.srv.Config.Protocols = new(http.Protocols)

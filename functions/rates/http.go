@@ -122,12 +122,19 @@ func (s *Service) notModified(w http.ResponseWriter, r *http.Request, etag strin
 	h := w.Header()
 	h["Etag"] = etagHeader
 	h["Cache-Control"] = cacheControl
-	if inm := r.Header["If-None-Match"]; len(inm) > 0 && etagMatches(strings.Join(inm, ","), etag) {
+	if ifNoneMatch(r, etag) {
 		s.metrics.notModified.Inc()
 		w.WriteHeader(http.StatusNotModified)
 		return true
 	}
 	return false
+}
+
+// ifNoneMatch reports whether the request's If-None-Match headers, all of them (a list may be split
+// over several), hold etag or *.
+func ifNoneMatch(r *http.Request, etag string) bool {
+	inm := r.Header["If-None-Match"]
+	return len(inm) > 0 && etagMatches(strings.Join(inm, ","), etag) // Join of one value does not copy
 }
 
 // writeBody sends a JSON body serialized before the request.
@@ -148,7 +155,7 @@ func (s *Service) writeJSON(w http.ResponseWriter, r *http.Request, etag string,
 	h := w.Header()
 	h["Etag"] = []string{etag}
 	h["Cache-Control"] = cacheControl
-	if inm := r.Header.Get("If-None-Match"); inm != "" && etagMatches(inm, etag) {
+	if ifNoneMatch(r, etag) {
 		s.metrics.notModified.Inc()
 		w.WriteHeader(http.StatusNotModified)
 		return
@@ -187,8 +194,8 @@ func (s *Service) queryWithinLimit(w http.ResponseWriter, r *http.Request) bool 
 	return false
 }
 
-// parseQueryPairs reads ?pairs=; it returns nil indexes for "every pair" and false once it has
-// answered a bad request.
+// parseQueryPairs reads ?pairs=; it returns nil indexes for "every pair" (no pairs parameter) and
+// false once it has answered a bad request. Other parameters are left alone (cache-busters).
 func (s *Service) parseQueryPairs(w http.ResponseWriter, r *http.Request) ([]int, bool) {
 	if !s.queryWithinLimit(w, r) {
 		return nil, false
@@ -207,6 +214,12 @@ func (s *Service) parseQueryPairs(w http.ResponseWriter, r *http.Request) ([]int
 	}
 	if len(values) == 0 {
 		return nil, true
+	}
+	if strings.TrimSpace(values[0]) == "" {
+		// Not "every pair": a client that meant a list and sent none must not get the whole board.
+		s.badRequest(w, observe.Problem{Status: http.StatusBadRequest, Code: "invalid_pairs", Title: "invalid pairs",
+			Detail: "pairs is empty: name at least one pair, or leave pairs out for every pair"})
+		return nil, false
 	}
 	indexes, err := s.pairIndexes(values[0])
 	if err != nil {

@@ -33,8 +33,14 @@ const (
 	defaultHeartbeatInterval = 5 * time.Second
 	defaultBackfillRecords   = 2000
 	defaultStreamClientsMax  = 20_000
-	// staleSweepDivisor: the tradeable flags are re-evaluated StaleAfter/staleSweepDivisor apart.
-	staleSweepDivisor = 5
+	// defaultWatchClientsMax is small: WatchRates serves internal consumers (the ledger's watcher).
+	defaultWatchClientsMax = 256
+	// The tradeable flags are re-evaluated every staleSweepIntervalMs (StaleAfter/staleSweepDivisor
+	// when that is shorter, never under staleSweepIntervalMinMs), so a flag flips at most that late.
+	// A sweep only reads the snapshot's entries (at most 50) unless one flips.
+	staleSweepIntervalMs    = 50
+	staleSweepIntervalMinMs = 5
+	staleSweepDivisor       = 10
 )
 
 // Config is what the rates service needs to know; the zero value of each optional field means its
@@ -56,8 +62,11 @@ type Config struct {
 	// BackfillRecords is how far back in each partition a starting replica reads (default 2000
 	// records, about 20 s at 1,000 rates/s over 10 partitions).
 	BackfillRecords int
-	// StreamClientsMax caps concurrent SSE and gRPC stream clients per replica (default 20,000).
+	// StreamClientsMax caps concurrent SSE stream clients per replica (default 20,000).
 	StreamClientsMax int
+	// WatchClientsMax caps concurrent gRPC WatchRates streams per replica (default 256), apart from
+	// StreamClientsMax, so public SSE viewers cannot lock the internal price feed out, nor it them.
+	WatchClientsMax int
 	// Now returns the current time; nil means time.Now.
 	Now func() time.Time
 }
@@ -85,6 +94,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.StreamClientsMax <= 0 {
 		c.StreamClientsMax = defaultStreamClientsMax
+	}
+	if c.WatchClientsMax <= 0 {
+		c.WatchClientsMax = defaultWatchClientsMax
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -188,8 +200,14 @@ func (s *Service) Ready(context.Context) error {
 	return nil
 }
 
+// staleSweepInterval is how often the tradeable flags are re-evaluated for a staleness limit of
+// staleAfter.
+func staleSweepInterval(staleAfter time.Duration) time.Duration {
+	return max(min(staleSweepIntervalMs*time.Millisecond, staleAfter/staleSweepDivisor), staleSweepIntervalMinMs*time.Millisecond)
+}
+
 func (s *Service) sweepStale(ctx context.Context) error {
-	t := time.NewTicker(s.cfg.StaleAfter / staleSweepDivisor)
+	t := time.NewTicker(staleSweepInterval(s.cfg.StaleAfter))
 	defer t.Stop()
 	for {
 		select {

@@ -24,8 +24,19 @@ const (
 	streamRetryMs = 1_000
 )
 
-// ErrTooManyStreams is returned when a replica already serves StreamClientsMax streams.
+// ErrTooManyStreams is returned when a replica already serves as many streams of a kind as it may:
+// StreamClientsMax SSE streams, or WatchClientsMax gRPC WatchRates streams.
 var ErrTooManyStreams = errors.New("too many stream clients")
+
+// streamKind is what a stream client is; each kind has its own limit, so one kind cannot crowd the
+// other out (20,000 anonymous SSE viewers must not lock the ledger's WatchRates feed out).
+type streamKind int
+
+const (
+	streamSSE streamKind = iota
+	streamWatch
+	streamKinds
+)
 
 // errDropped ends a stream whose client fell behind.
 var errDropped = errors.New("stream client fell behind and was dropped")
@@ -61,6 +72,7 @@ func appendUpdates(dst []byte, emitted time.Time, entries []*entry) []byte {
 type subscriber struct {
 	filter  []bool // by pair index; nil means every pair
 	group   int    // the hub group it is published with
+	kind    streamKind
 	ch      chan *batch
 	gone    chan struct{} // closed when dropped or when the hub stops
 	goneErr error
@@ -136,9 +148,12 @@ type hub struct {
 	cfg  Config
 	m    *metrics
 
+	// limits is the most subscribers of each kind (StreamClientsMax, WatchClientsMax).
+	limits [streamKinds]int
+
 	mu      sync.Mutex
 	groups  [streamPublishGroups]hubGroup
-	count   int
+	count   [streamKinds]int
 	stopped bool
 }
 
@@ -150,21 +165,21 @@ type hubGroup struct {
 }
 
 func newHub(b *book, cfg Config, m *metrics) *hub {
-	h := &hub{book: b, cfg: cfg, m: m}
+	h := &hub{book: b, cfg: cfg, m: m, limits: [streamKinds]int{streamSSE: cfg.StreamClientsMax, streamWatch: cfg.WatchClientsMax}}
 	for i := range h.groups {
 		h.groups[i] = hubGroup{subs: map[*subscriber]struct{}{}, sent: make([]uint64, len(b.specs))}
 	}
 	return h
 }
 
-// subscribe adds a subscriber to the smallest group.
-func (h *hub) subscribe(filter []bool) (*subscriber, error) {
+// subscribe adds a subscriber of kind to the smallest group, unless the kind's limit is reached.
+func (h *hub) subscribe(kind streamKind, filter []bool) (*subscriber, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.stopped {
 		return nil, context.Canceled
 	}
-	if h.count >= h.cfg.StreamClientsMax {
+	if h.count[kind] >= h.limits[kind] {
 		return nil, ErrTooManyStreams
 	}
 	g := 0
@@ -173,9 +188,9 @@ func (h *hub) subscribe(filter []bool) (*subscriber, error) {
 			g = i
 		}
 	}
-	s := &subscriber{filter: filter, group: g, ch: make(chan *batch, streamBacklogMax), gone: make(chan struct{})}
+	s := &subscriber{filter: filter, group: g, kind: kind, ch: make(chan *batch, streamBacklogMax), gone: make(chan struct{})}
 	h.groups[g].subs[s] = struct{}{}
-	h.count++
+	h.count[kind]++
 	h.m.streamClients.Inc()
 	return s, nil
 }
@@ -193,7 +208,7 @@ func (h *hub) remove(s *subscriber) bool {
 		return false
 	}
 	delete(subs, s)
-	h.count--
+	h.count[s.kind]--
 	h.m.streamClients.Dec()
 	return true
 }
@@ -280,7 +295,7 @@ func (s *Service) stream(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	sub, err := s.hub.subscribe(filterOf(indexes, len(s.book.specs)))
+	sub, err := s.hub.subscribe(streamSSE, filterOf(indexes, len(s.book.specs)))
 	if err != nil {
 		w.Header().Set("Retry-After", retryAfterSeconds)
 		observe.WriteProblem(w, observe.Problem{Status: http.StatusServiceUnavailable, Code: "too_many_streams",
@@ -290,7 +305,8 @@ func (s *Service) stream(w http.ResponseWriter, r *http.Request) {
 	defer s.hub.unsubscribe(sub)
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-store")
+	// no-transform: a compressing proxy would buffer the stream to compress it.
+	h.Set("Cache-Control", "no-store, no-transform")
 	h.Set("X-Accel-Buffering", "no")
 	if r.Method == http.MethodHead {
 		return

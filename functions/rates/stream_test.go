@@ -99,6 +99,7 @@ func testSSEStream(t *testing.T, hc *http.Client, framing func(*http.Response) b
 		t.Fatal(err)
 	}
 	resp.Body.Close()
+	mustf(t, resp.Header.Get("Cache-Control") == "no-store, no-transform", "stream cache control %q", resp.Header.Get("Cache-Control"))
 	mustf(t, resp.StatusCode == http.StatusOK && resp.Header.Get("Content-Type") == "text/event-stream" && framing(resp),
 		"stream answered %s %s, %q, transfer encoding %v, close %v", resp.Proto, resp.Status, resp.Header.Get("Content-Type"),
 		resp.TransferEncoding, resp.Close)
