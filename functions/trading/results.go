@@ -27,7 +27,7 @@ type resultTail struct {
 	brokers []string
 	log     *zap.SugaredLogger
 	ready   atomic.Bool
-	mu sync.Mutex
+	mu      sync.Mutex
 	// waiting holds, per command id, every request waiting for its result: two requests can send one
 	// command (a cancel's id is derived from the order, so two DELETEs of it share one).
 	waiting map[string][]chan eventing.OrderResultV1
