@@ -1,7 +1,6 @@
 package rates_test
 
 import (
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -183,23 +182,11 @@ func TestOutOfRangeRatesAreSkipped(t *testing.T) {
 // getINM is a GET with one If-None-Match header line per tag.
 func getINM(t *testing.T, url string, tags ...string) response {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	header := make([]string, 0, 2*len(tags))
 	for _, tag := range tags {
-		req.Header.Add("If-None-Match", tag)
+		header = append(header, "If-None-Match", tag)
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return response{status: resp.StatusCode, header: resp.Header, body: string(b)}
+	return get(t, url, header...)
 }
 
 // TestTradeableFlipsPromptly: a pair turns not tradeable within a short sweep interval of its

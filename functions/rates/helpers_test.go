@@ -219,6 +219,7 @@ type response struct {
 	body   string
 }
 
+// get is a GET with header's name-value pairs.
 func get(t *testing.T, url string, header ...string) response {
 	t.Helper()
 	return getWith(t, http.DefaultClient, url, header...)
@@ -232,7 +233,7 @@ func getWith(t *testing.T, hc *http.Client, url string, header ...string) respon
 		t.Fatal(err)
 	}
 	for i := 0; i+1 < len(header); i += 2 {
-		req.Header.Set(header[i], header[i+1])
+		req.Header.Add(header[i], header[i+1]) // a name given twice makes two header lines
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
