@@ -330,6 +330,11 @@ func (e *engine) trigger(o *order) {
 		// (normally the same quote: the watcher prices from this book) or newer: it is the latest
 		// market known, and it crossed.
 		q, fresh = Quote{Pair: tq.Pair, Bid: tq.Bid, Ask: tq.Ask, Time: tq.Time, Tradeable: true, QuoteID: e.cmd.TriggerRateID}, true
+		// The margin check and the valuation then see the same quote as the fill (nothing has
+		// been converted at the stale one yet).
+		if fp, ok := e.prices.prices.(*frozenPrices); ok {
+			fp.quotes[q.Pair] = frozenQuote{q: q, ok: true}
+		}
 	}
 	if reason := e.fill(o, triggerPrice(o, q, fresh), eventing.ExecutionReasonTrigger, TxOrderFill, true); reason != "" {
 		e.reject(o, reason)

@@ -191,6 +191,12 @@ func TestMarketOrderRefusals(t *testing.T) {
 	if eff := newEngine(l, acct, placeCmd("o6", "USD_JPY", "buy", "160000", "market"), testNow).apply(target{}); eff.Result.Status != eventing.ResultFilled {
 		t.Fatalf("order within margin: %+v", eff.Result)
 	}
+	// Accepted 20 s ago (a busy or restarting ledger): still in time.
+	queued := placeCmd("o9", "USD_JPY", "buy", "1", "market")
+	queued.RequestedAt = testNow.Add(-20 * time.Second)
+	if eff := newEngine(l, acct, queued, testNow).apply(target{}); eff.Result.Status != eventing.ResultFilled {
+		t.Fatalf("order accepted 20 s ago: %+v", eff.Result)
+	}
 	// Reducing a position is allowed however low the margin level.
 	if eff := newEngine(l, acct, placeCmd("o7", "USD_JPY", "sell", "100000", "market"), testNow).apply(target{}); eff.Result.Status != eventing.ResultFilled {
 		t.Fatalf("reducing order: %+v", eff.Result)
@@ -310,6 +316,24 @@ func TestTriggerCommandCarriesItsQuote(t *testing.T) {
 	}
 	if err := cmd.Validate(); err != nil {
 		t.Fatalf("the watcher's trigger does not validate: %v", err)
+	}
+}
+
+// TestTriggerQuoteAlsoJudgesMargin: a stop filled at the trigger's quote (the ledger's own gone stale)
+// has its margin judged at that quote too. Bought at 151 and valued at the stale 148 it would look
+// 450,000 JPY under water and be refused; at 151 it fits.
+func TestTriggerQuoteAlsoJudgesMargin(t *testing.T) {
+	book := testBook()
+	book.Set(Quote{Pair: "USD_JPY", Bid: d("148.000"), Ask: d("148.010"), Time: testNow.Add(-time.Minute), Tradeable: true})
+	l := testLedger(t, book)
+	acct := newAccount("JPY", "1000000")
+	o := &order{ID: "S1", AccountID: "A", Pair: "USD_JPY", Side: "buy", Type: "stop", Units: d("150000"), Price: dp("150.000"),
+		TimeInForce: eventing.TimeInForceGTC, Status: StatusPending}
+	trig := &eventing.OrderCommandV1{CommandID: "trigger:S1", Kind: eventing.CommandTrigger, AccountID: "A", OrderID: "S1",
+		TriggerRateID: "q9", TriggerQuote: &eventing.TriggerQuote{Pair: "USD_JPY", Bid: d("150.990"), Ask: d("151.000"), Time: testNow.Add(-time.Second)}}
+	eff := newEngine(l, acct, trig, testNow).apply(target{Order: o})
+	if eff.Result.Status != eventing.ResultFilled || !eff.Executions[0].Price.Equal(d("151.000")) {
+		t.Fatalf("stop = %+v, want filled at 151.000", eff.Result)
 	}
 }
 

@@ -125,7 +125,7 @@ func (l *Ledger) accountView(ctx context.Context, id string) (*ledgerv1.Account,
 		return nil, fmt.Errorf("read account %s: %w", id, err)
 	}
 	open := int32(len(positions))
-	v, err := pricer{prices: l.prices}.value(a.Currency, a.Balance, positions, l.leverage)
+	v, err := frozenPricer(l.prices).value(a.Currency, a.Balance, positions, l.leverage)
 	if err != nil {
 		return nil, fmt.Errorf("value account %s: %w", id, err)
 	}
@@ -343,7 +343,7 @@ func (s *queryServer) ListPositions(ctx context.Context, r *ledgerv1.ListPositio
 	if err != nil {
 		return nil, grpcError(err)
 	}
-	v, err := pricer{prices: s.l.prices}.value(ccy, decimal.Zero, positions, s.l.leverage)
+	v, err := frozenPricer(s.l.prices).value(ccy, decimal.Zero, positions, s.l.leverage)
 	if err != nil {
 		return nil, grpcError(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -371,5 +372,31 @@ func TestMarginScreenFollowsPairsFirstSeenAfterTheReference(t *testing.T) {
 	below := w.belowCloseout(p, now.Add(200*time.Millisecond))
 	if len(below) != 1 || below[0].ID != "jpy" {
 		t.Fatalf("screen found %v after EUR_JPY rose 25%%; want the JPY account", below)
+	}
+}
+
+// TestNoCloseOutWhileNothingCanBeClosed: an account below the close-out level whose only position's
+// pair is halted gets no close-out command (it would close nothing and be sent again every few
+// seconds for as long as the halt lasts); once the pair trades again, it gets one.
+func TestNoCloseOutWhileNothingCanBeClosed(t *testing.T) {
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)
+	book := NewQuoteBook()
+	book.Set(Quote{Pair: "USD_JPY", Bid: decimal.RequireFromString("140.000"), Ask: decimal.RequireFromString("140.010"), Time: now, Tradeable: false})
+	w := newWatcher(&Ledger{cfg: DefaultConfig(), prices: book, m: m}, nil)
+	t.Cleanup(w.close)
+	// 100,000 USD_JPY bought at 150 with 100,000 JPY: 1,000,000 JPY under water at 140.
+	w.accts = []marginAccount{{ID: "a", Currency: CurrencyJPY, Balance: decimal.NewFromInt(100_000), TxSeq: 3,
+		Positions: map[fx.Pair]position{"USD_JPY": {Pair: "USD_JPY", Units: decimal.NewFromInt(100_000), AveragePrice: decimal.RequireFromString("150")}}}}
+	if events := w.evaluate(now); len(events) != 0 {
+		t.Fatalf("close-out sent while the only pair is halted: %d command(s)", len(events))
+	}
+	book.Set(Quote{Pair: "USD_JPY", Bid: decimal.RequireFromString("140.000"), Ask: decimal.RequireFromString("140.010"), Time: now, Tradeable: true})
+	events := w.evaluate(now.Add(time.Second))
+	if len(events) != 1 || !strings.HasPrefix(events[0].ID(), closeoutCommandPrefix+"a:") {
+		t.Fatalf("once the pair trades: %d command(s)", len(events))
 	}
 }

@@ -320,6 +320,11 @@ func (w *watcher) evaluate(now time.Time) []cloudevents.Event {
 		}
 	}
 	for _, a := range w.belowCloseout(p, now) {
+		if !w.closable(p, a, now) {
+			// The close-out would close nothing (every position's pair stale or halted) and be sent
+			// again every TriggerResend for as long as that lasts; it goes once a price is back.
+			continue
+		}
 		cmd := eventing.OrderCommandV1{Kind: eventing.CommandCloseOut, AccountID: a.ID, RequestedAt: now,
 			CommandID: closeoutCommandPrefix + a.ID + ":" + strconv.FormatInt(a.TxSeq, 10) + ":" + strconv.FormatInt(now.Unix(), 10)}
 		live[sentKey(cmd.CommandID)] = true
@@ -331,6 +336,21 @@ func (w *watcher) evaluate(now time.Time) []cloudevents.Event {
 		}
 	}
 	return out
+}
+
+// closable reports whether a close-out of a would close anything: some position of it has a quote it
+// could be closed at (fresh and tradeable, as the ledger requires).
+func (w *watcher) closable(p pricer, a marginAccount, now time.Time) bool {
+	for pair, pos := range a.Positions {
+		side := eventing.SideSell
+		if pos.Units.IsNegative() {
+			side = eventing.SideBuy
+		}
+		if _, _, reason := p.executable(pair, side, now, w.l.cfg.QuoteAgeMax); reason == "" {
+			return true
+		}
+	}
+	return false
 }
 
 // belowCloseout returns the accounts whose margin level is below the close-out level at p's quotes.
