@@ -652,6 +652,19 @@ func (s *Service) cancel(w http.ResponseWriter, ctx context.Context, acct, ref s
 	}
 	w.Header().Set("Location", orderPath(acct, o.GetId()))
 	if res == nil {
+		// No result within the wait: the cancel may be queued, or it was decided before (an earlier
+		// cancel of the same order, answered from the ledger's inbox without a new result). The
+		// ledger's order says which.
+		lctx, cancel := ledgerCtx(ctx)
+		defer cancel()
+		if after, err := s.ledger.GetOrder(lctx, orderKey(acct, o.GetId())); err == nil && after.GetStatus() != "pending" {
+			if after.GetStatus() == "cancelled" {
+				writeJSON(w, http.StatusOK, orderView(after))
+				return
+			}
+			notPending(w, after.GetId(), after.GetStatus())
+			return
+		}
 		v := orderView(o)
 		v.Status = StatusSubmitted
 		writeJSON(w, http.StatusAccepted, v)
