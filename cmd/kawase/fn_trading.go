@@ -323,11 +323,12 @@ func tradingCall(ctx context.Context, out io.Writer, t apiTarget, method, path s
 	}
 	if resp.StatusCode >= 300 {
 		var p struct{ Title, Detail, Code string }
+		perr := json.Unmarshal(b, &p)
 		hint := ""
-		if resp.StatusCode >= http.StatusInternalServerError || resp.StatusCode == http.StatusConflict {
+		if resp.StatusCode >= http.StatusInternalServerError || p.Code == "idempotency_key_in_flight" {
 			hint = retryHint(key)
 		}
-		if json.Unmarshal(b, &p) == nil && p.Code != "" {
+		if perr == nil && p.Code != "" {
 			return fmt.Errorf("%s %s: %s: %s (%s, HTTP %d)%s", method, path, p.Title, p.Detail, p.Code, resp.StatusCode, hint)
 		}
 		return fmt.Errorf("%s %s: HTTP %d: %s%s", method, path, resp.StatusCode, strings.TrimSpace(string(b)), hint)
