@@ -49,6 +49,9 @@ func (r response) write(w http.ResponseWriter) {
 // claim is a held idempotency key.
 type claim struct {
 	principal, key string
+	// lease is the lease_until this claim wrote: a holder whose key was taken over (its lease lapsed
+	// while it still ran) no longer matches, so it cannot settle or release its successor's claim.
+	lease time.Time
 }
 
 // requestHash identifies a request for idempotency: what it does and to what.
@@ -76,14 +79,14 @@ var errKeyReleased = errors.New("idempotency key released meanwhile")
 
 func (s *Service) claimKeyOnce(ctx context.Context, principal, key string, hash []byte) (*claim, *response, error) {
 	now := time.Now()
-	lease := now.Add(s.cfg.IdempotencyLease)
+	lease := now.Add(s.cfg.IdempotencyLease).Truncate(time.Microsecond) // as PostgreSQL keeps it
 	tag, err := s.pool.Exec(ctx, `INSERT INTO trading.idempotency (principal, key, request_hash, state, lease_until)
 		VALUES ($1, $2, $3, 'in_flight', $4) ON CONFLICT (principal, key) DO NOTHING`, principal, key, hash, lease)
 	if err != nil {
 		return nil, nil, fmt.Errorf("claim idempotency key: %w", err)
 	}
 	if tag.RowsAffected() == 1 {
-		return &claim{principal: principal, key: key}, nil, nil
+		return &claim{principal: principal, key: key, lease: lease}, nil, nil
 	}
 	var stored []byte
 	var state string
@@ -126,22 +129,24 @@ func (s *Service) claimKeyOnce(ctx context.Context, principal, key string, hash 
 	if tag.RowsAffected() == 0 {
 		return nil, nil, errKeyInFlight
 	}
-	return &claim{principal: principal, key: key}, nil, nil
+	return &claim{principal: principal, key: key, lease: lease}, nil, nil
 }
 
 // settle stores the response of a claimed key; a server-side failure (5xx) releases the key instead,
 // so the client's retry runs again.
 func (s *Service) settle(ctx context.Context, c *claim, r response) error {
 	ctx = context.WithoutCancel(ctx)
+	// Only while the claim is still this one: a successor that took the key over settles it itself.
 	if r.status >= http.StatusInternalServerError {
-		if _, err := s.pool.Exec(ctx, `DELETE FROM trading.idempotency WHERE principal = $1 AND key = $2`, c.principal, c.key); err != nil {
+		if _, err := s.pool.Exec(ctx, `DELETE FROM trading.idempotency WHERE principal = $1 AND key = $2
+			AND state = 'in_flight' AND lease_until = $3`, c.principal, c.key, c.lease); err != nil {
 			return fmt.Errorf("release idempotency key: %w", err)
 		}
 		return nil
 	}
 	if _, err := s.pool.Exec(ctx, `UPDATE trading.idempotency SET state = 'done', status = $3, location = $4,
-		content_type = $5, body = $6 WHERE principal = $1 AND key = $2`,
-		c.principal, c.key, r.status, r.location, r.contentType, r.body); err != nil {
+		content_type = $5, body = $6 WHERE principal = $1 AND key = $2 AND state = 'in_flight' AND lease_until = $7`,
+		c.principal, c.key, r.status, r.location, r.contentType, r.body, c.lease); err != nil {
 		return fmt.Errorf("settle idempotency key: %w", err)
 	}
 	return nil

@@ -171,6 +171,29 @@ func TestIdempotencyStore(t *testing.T) {
 	if err != nil || first == nil || first.status != 201 || first.location != "/o/1" || string(first.body) != `{"id":"1"}` {
 		t.Fatalf("replay: %+v %v", first, err)
 	}
+	// A holder whose lease lapsed and whose key was taken over can neither release nor settle it:
+	// the successor's claim, and then its stored answer, stand.
+	stale, _, _ := s.claimKey(ctx, "acct:A", "k7", h1)
+	time.Sleep(250 * time.Millisecond)
+	successor, _, err := s.claimKey(ctx, "acct:A", "k7", h1)
+	if err != nil || successor == nil {
+		t.Fatalf("takeover of k7: %v", err)
+	}
+	if err := s.settle(ctx, stale, response{status: 503}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.claimKey(ctx, "acct:A", "k7", h1); !errors.Is(err, errKeyInFlight) {
+		t.Fatalf("after the stale holder's 503 the successor's claim must stand: %v", err)
+	}
+	if err := s.settle(ctx, successor, response{status: 201, contentType: "application/json", body: []byte(`{"id":"7"}`)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.settle(ctx, stale, response{status: 201, contentType: "application/json", body: []byte(`{"id":"stale"}`)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, first, err := s.claimKey(ctx, "acct:A", "k7", h1); err != nil || first == nil || string(first.body) != `{"id":"7"}` {
+		t.Fatalf("stored answer of k7: %+v %v", first, err)
+	}
 	// A server-side failure releases the key, so the retry runs again.
 	c, _, _ = s.claimKey(ctx, "acct:A", "k5", h1)
 	if err := s.settle(ctx, c, response{status: 503}); err != nil {
