@@ -6,7 +6,7 @@ SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # kcat (an independent Kafka client the binding is tested against) and Chromium (the rate board's
 # headless browser test).
 APT_PKGS := postgresql kcat chromium
-TEST_TIMEOUT ?= 30m
+TEST_TIMEOUT ?= 45m
 
 .PHONY: run test bench lint proto deploy install deps build clean
 
